@@ -1,0 +1,60 @@
+"""Orbax checkpoints of the train state under ``workdir/checkpoints``.
+
+Orbax writes each step atomically (a temporary directory renamed on completion), so a killed job
+never leaves a half-written step that looks complete. If the newest step still cannot be read
+(truncated files, a disk error), `Checkpointer.restore_latest` reports it and falls back to the
+next older step, so at most the work since that one is lost.
+"""
+
+import os
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Save / restore-latest for one pytree, keeping the last ``keep`` steps."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any, force: bool = False) -> None:
+    """Saves ``tree`` (host or fully replicated values) as ``step``."""
+    tree = jax.tree.map(np.asarray, jax.device_get(tree))
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+
+  def restore(self, step: int, target: Any) -> Any:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target))
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_latest(self, target: Any) -> tuple[Optional[int], Any]:
+    """(step, tree) of the newest readable checkpoint, or (None, target) if there is none."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, target)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
+                        step, self.directory, type(e).__name__, e)
+        print(f"lbjax: warning: checkpoint step {step} is unreadable "
+              f"({type(e).__name__}); falling back to an older one", flush=True)
+    return None, target
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,113 @@
+"""Checks a config before anything is written, and converts epochs to steps once.
+
+Every error is a `ConfigError` naming the key; `lbjax.main` prints it and exits non-zero before
+the workdir is created or changed.
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from lbjax.errors import ConfigError, check_choice
+
+# Keys that only change logging or bookkeeping: a rerun may change them and still resume.
+RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+                  "keep_checkpoints", "progress_bar", "eval_batch_size")
+
+
+def _positive(config, key: str, allow_zero: bool = False) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  ok = value >= 0 if allow_zero else value > 0
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+    raise ConfigError(f"config.{key}", f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1) -> None:
+  """Raises ConfigError for the first bad value in ``config``."""
+  # pylint: disable=g-import-not-at-top
+  from lbjax import models
+  from lbjax import schedules
+  from lbjax.data import augment, datasets
+  from lbjax.optim import registry
+  # pylint: enable=g-import-not-at-top
+
+  check_choice("config.dataset", config.dataset, datasets.DATASETS)
+  if config.dataset == "cifar10" and not config.data_dir:
+    raise ConfigError("config.data_dir", "CIFAR-10 is read with TFDS from a data_dir; set "
+                      "--config.data_dir=DIR (prepare it with `tfds build cifar10 --data_dir=DIR` "
+                      "on a machine with internet access)")
+  augment.validate_mode(config.augment)
+  check_choice("config.model.name", config.model.name, models.MODELS)
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
+              "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints"):
+    _positive(config, key)
+  if not isinstance(config.batch_size, int):
+    raise ConfigError("config.batch_size", f"must be an integer, got {config.batch_size!r}")
+  if config.batch_size % device_count:
+    raise ConfigError("config.batch_size",
+                      f"{config.batch_size} is not divisible by the {device_count} devices "
+                      f"({process_count} process(es)); use a multiple of {device_count}")
+  if not 0.0 <= config.validation_fraction < 1.0:
+    raise ConfigError("config.validation_fraction",
+                      f"must be in [0, 1), got {config.validation_fraction}")
+  registry.validate(config.optimizer)
+  check_choice("config.schedule.name", config.schedule.name, schedules.SCHEDULES)
+  _positive(config, "schedule.warmup_epochs", allow_zero=True)
+  if config.schedule.warmup_epochs >= config.num_epochs:
+    raise ConfigError("config.schedule.warmup_epochs",
+                      f"warmup ({config.schedule.warmup_epochs} epochs) must be shorter than "
+                      f"training (config.num_epochs={config.num_epochs})")
+  if config.schedule.base_batch_size is not None:
+    _positive(config, "schedule.base_batch_size")
+
+
+def total_steps(num_epochs: float, num_examples: int, batch_size: int) -> int:
+  """Optimizer updates of the global batch in ``num_epochs`` epochs (at least 1)."""
+  return max(1, math.ceil(num_epochs * num_examples / batch_size))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> float:
+  return num_examples / batch_size
+
+
+def config_diff(a: dict, b: dict, prefix: str = "config") -> list[str]:
+  """Keys (dotted) whose values differ between two nested dicts."""
+  out = []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += config_diff(va, vb, f"{prefix}.{key}")
+    elif va != vb:
+      out.append(f"{prefix}.{key}")
+  return out
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """JSON round-tripped dict of the config (tuples become lists), for comparison and saving."""
+  return json.loads(config.to_json())
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir that holds a run of a different config (nothing is written)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError("--workdir", f"{workdir} exists and is not a directory")
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent) or "."
+  if not os.access(parent, os.W_OK):
+    raise ConfigError("--workdir", f"{parent} is not writable")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differ = [k for k in config_diff(saved, to_dict(config))
+            if k.removeprefix("config.") not in RESUMABLE_KEYS]
+  if differ:
+    raise ConfigError("--workdir", f"{workdir} holds a run of a different config (differs in "
+                      f"{', '.join(differ)}); use a new --workdir")

@@ -1,0 +1,71 @@
+r"""lbjax launcher.
+
+    python -m lbjax.main --config=configs/quickstart.py --workdir=runs/quickstart \
+        [--config.batch_size=4096 --config.optimizer.name=lars ...]
+
+Multi-host (one process per host): pass --coordinator_address, --num_processes and --process_id
+(or set LBJAX_COORDINATOR_ADDRESS, LBJAX_NUM_PROCESSES, LBJAX_PROCESS_ID); on Cloud TPU and
+SLURM, --distributed alone lets `jax.distributed.initialize()` detect them.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and status.")
+flags.DEFINE_string("coordinator_address", os.environ.get("LBJAX_COORDINATOR_ADDRESS"),
+                    "host:port of process 0, for multi-host training.")
+flags.DEFINE_integer("num_processes", int(os.environ.get("LBJAX_NUM_PROCESSES", "0")) or None,
+                     "Number of processes (hosts) in a multi-host job.")
+flags.DEFINE_integer("process_id", int(os.environ.get("LBJAX_PROCESS_ID", "-1")),
+                     "This process's id in a multi-host job.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with auto-detected settings (TPU pods, SLURM).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(coordinator_address, num_processes, process_id, auto=False) -> None:
+  """`jax.distributed.initialize` when multi-host settings are given; CPU collectives via gloo."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not (coordinator_address or auto):
+    return
+  from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if coordinator_address and (num_processes is None or process_id < 0):
+    raise ConfigError("--num_processes/--process_id",
+                      "multi-host needs --coordinator_address, --num_processes and --process_id")
+  if jax.config.jax_platforms in (None, "", "cpu") or jax.default_backend() == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from lbjax import train  # pylint: disable=g-import-not-at-top
+  from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  try:
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.distributed)
+    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    sys.exit(f"lbjax: error: {e}")
+  if summary["status"] == "diverged":
+    sys.exit(3)
+  if summary["status"] == "preempted":
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,90 @@
+"""Metric writing: stdout, TensorBoard (tensorboardX), ``metrics.jsonl``; and the run status file.
+
+Per-step metrics stay on device until `MetricWriter.write` is called every ``log_every_steps``
+steps, so the train loop never waits for the device in between.
+"""
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _py(v):
+  v = np.asarray(v)
+  return v.item() if v.ndim == 0 else v.tolist()
+
+
+class MetricWriter:
+  """Writes scalars to stdout, TensorBoard and ``workdir/metrics.jsonl`` (primary host only)."""
+
+  def __init__(self, workdir: str, enabled: bool = True, echo: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    self.echo = echo
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records newer than ``step`` (left by a run killed after its last checkpoint)."""
+    path = os.path.join(self.workdir, METRICS_FILE)
+    if not self.enabled or not os.path.exists(path):
+      return
+    with open(path) as f:
+      keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+  def write(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
+    if not self.enabled:
+      return
+    record = {f"{prefix}{k}": _py(v) for k, v in scalars.items()}
+    for k, v in record.items():
+      if isinstance(v, (int, float)):
+        self._tb.add_scalar(k, v, step)
+    with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
+      f.write(json.dumps({"step": int(step), **record}) + "\n")
+    if self.echo:
+      text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.items())
+      print(f"[step {step}] {text}", flush=True)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_status(workdir: str, status: str, step: int, **extra) -> None:
+  """Atomically writes ``workdir/status.json``: running | completed | diverged | preempted."""
+  path = os.path.join(workdir, STATUS_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"status": status, "step": int(step), **{k: _py(v) for k, v in extra.items()}}, f,
+              indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def read_status(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, STATUS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
