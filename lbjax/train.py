@@ -306,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     mininterval=2.0)
   results: dict[str, Any] = {}
   with _Preemption() as preemption:
-    for batch in flax.jax_utils.prefetch_to_device(batches(), 2):
+    for batch in pipeline.prefetch_to_device(batches(), 2):
       state, m = p_train_step(state, batch)
       pending.append(m)
       step += 1

@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def run_steps(config, num_devices, steps):
   exp = train.build(config)
   devices = jax.devices()[:num_devices]
   step_fn = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=devices)
-  state = jax.device_put_replicated(exp.init_state(), devices)
+  state = flax.jax_utils.replicate(exp.init_state(), devices)
   for step in range(steps):
     state, _ = step_fn(state, exp.train_batch(step, local_device_count=num_devices))
   return jax.device_get(jax.tree.map(lambda x: x[0], state))
@@ -111,7 +112,7 @@ def test_evaluation_counts_every_test_example_once(tmp_path):
   config = small_config(num_epochs=1.0)
   exp = train.build(config)
   p_eval = jax.pmap(exp.eval_step, axis_name=train.AXIS)
-  state = jax.device_put_replicated(exp.init_state(), jax.local_devices())
+  state = flax.jax_utils.replicate(exp.init_state())
   result = train.evaluate(p_eval, state.params, state.batch_stats, exp.data.test, batch_size=48)
   # Independent reference: the same model applied to the whole test split at once.
   from lbjax.data import augment  # pylint: disable=g-import-not-at-top
