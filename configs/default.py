@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model (lbjax/models): every field but `name` is passed to the model.
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet5"
+  c.model.ghost_batch_size = config_dict.placeholder(int)  # Ghost BN virtual batch (per device)
 
   # Batch and length.
   c.batch_size = 128            # global batch over all devices and hosts
@@ -45,6 +46,41 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule.lr_decay = 0.1          # step: multiply by this ...
   c.schedule.lr_decay_epoch = 30.0   # ... every this many epochs (seed 002)
   c.schedule.milestones = ()         # multistep: epochs at which lr is multiplied by lr_decay
+  # Weight decay switched off after this fraction of training (seed 003: 0.75; None: never).
+  c.schedule.weight_decay_off_fraction = config_dict.placeholder(float)
+
+  # Uniform noise added to every update (lbjax/optim/noise.py, seed 001 eq. (1)).
+  c.noise = ml_collections.ConfigDict()
+  c.noise.scale = 0.0            # s of δ ~ U(-s, s); 0: off
+  c.noise.annealing = "none"     # none | exponential | linear | cosine, over the whole run
+  c.noise.final_ratio = 0.0      # s at the end / s at the start (exponential needs > 0)
+
+  # SmoothOut (lbjax/optim/smoothout.py): gradient at θ + δ, δ ~ U(-s, s), update applied to θ.
+  c.smoothout = ml_collections.ConfigDict()
+  c.smoothout.scale = 0.0        # 0: off
+  c.smoothout.adaptive = False   # δ of each tensor scaled by the tensor's RMS
+  c.smoothout.annealing = "none"  # as noise.annealing
+  c.smoothout.final_ratio = 0.0
+
+  # Stochastic weight averaging (lbjax/swa.py, seed 000 eq. (1)): W_swa <- (W_swa·n + W)/(n + 1)
+  # every `period` steps from `start_epoch`; the final W_swa is evaluated with BatchNorm
+  # recomputed on the training data. Under SWAP it applies to phase 2 (each replica's own average).
+  c.swa = ml_collections.ConfigDict()
+  c.swa.enabled = False
+  c.swa.start_epoch = 0.0        # epochs (of phase 2 under SWAP)
+  c.swa.period = 1               # optimizer steps between averaged weights
+
+  # SWAP (lbjax/swap.py, seed 000 §3.1): phase 1 is the run above (large batch); phase 2 trains
+  # `num_replicas` small-batch replicas from its weights, each with its own data order, as one
+  # vmap; phase 3 averages them, recomputes BatchNorm and evaluates.
+  c.swap = ml_collections.ConfigDict()
+  c.swap.enabled = False
+  c.swap.phase1_stop_accuracy = config_dict.placeholder(float)  # end phase 1 at this train acc.
+  c.swap.num_replicas = 4        # a multiple of the device count
+  c.swap.batch_size = 128        # per replica
+  c.swap.num_epochs = 5.0        # phase 2, passes of each replica over the training data
+  c.swap.optimizer = c.optimizer.copy_and_resolve_references()  # phase 2 (seed 000: SGD)
+  c.swap.schedule = c.schedule.copy_and_resolve_references()    # phase 2, its own epochs
 
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 20

@@ -15,7 +15,7 @@ def get_config():
   c.augment = "crop+normalize"   # no flips: digits are not mirror-symmetric
   c.model.name = "lenet5"
   c.batch_size = 128
-  c.num_epochs = 30.0
+  c.num_epochs = 15.0
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.05
   c.optimizer.momentum = 0.9
@@ -23,5 +23,5 @@ def get_config():
   c.schedule.name = "cosine"
   c.schedule.warmup_epochs = 1.0
   c.log_every_steps = 50
-  c.eval_every_epochs = 10.0
+  c.eval_every_epochs = 5.0
   return c

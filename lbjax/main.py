@@ -49,6 +49,21 @@ def initialize_distributed(coordinator_address, num_processes, process_id, auto=
     jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors naming the flag (no traceback, exit code 1)."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for `--config.<key>` overrides of keys the config lacks.
+    name = str(e).strip("'\" ")
+    culprit = next((a.split("=")[0] for a in argv[1:]
+                    if a.startswith("--config.") and name in a.split("=")[0]), "--config")
+    sys.exit(f"lbjax: error: {culprit}: unknown config key {name!r} "
+             "(configs/default.py lists every key)")
+  except flags.Error as e:
+    sys.exit(f"lbjax: error: {e}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -68,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

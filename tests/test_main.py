@@ -92,7 +92,7 @@ def _params(workdir):
 
 
 def test_two_processes_match_one_process(tmp_path):
-  short = ["--config=configs/quickstart.py", "--config.num_epochs=0.5",
+  short = ["--config=configs/quickstart.py", "--config.num_epochs=0.5", "--config.schedule.warmup_epochs=0.0",
            "--config.progress_bar=False", "--config.batch_size=64", "--config.image_size=16"]
   single = str(tmp_path / "single")
   run = launch(*short, f"--workdir={single}", devices=2)
