@@ -7,6 +7,8 @@ of the global batch once. Variants call `get_config()` and change a few fields.
 import ml_collections
 from ml_collections import config_dict
 
+from lbjax.optim import registry
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -30,12 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10.0
 
   # Optimizer (lbjax/optim/registry.py): every field but `name` is a keyword of the factory.
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 5e-4
+  # Holds a placeholder for every registered optimizer's hyperparameters; None = its default.
+  c.optimizer = registry.config_block("sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
+                                      weight_decay=5e-4)
 
   # Learning-rate schedule (lbjax/schedules.py), multiplies optimizer.learning_rate.
   c.schedule = ml_collections.ConfigDict()

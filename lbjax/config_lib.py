@@ -32,6 +32,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   # pylint: disable=g-import-not-at-top
   from lbjax import models
   from lbjax import schedules
+  from lbjax import swa
+  from lbjax import swap
   from lbjax.data import augment, datasets
   from lbjax.optim import registry
   # pylint: enable=g-import-not-at-top
@@ -52,10 +54,18 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
     raise ConfigError("config.batch_size",
                       f"{config.batch_size} is not divisible by the {device_count} devices "
                       f"({process_count} process(es)); use a multiple of {device_count}")
+  augment.validate_batch(config.augment, config.batch_size // device_count)  # CutMix pairs
+  ghost = config.model.get("ghost_batch_size")
+  if ghost is not None:
+    per_device = config.batch_size // device_count
+    if not isinstance(ghost, int) or ghost <= 0 or per_device % ghost:
+      raise ConfigError("config.model.ghost_batch_size",
+                        f"must be a positive divisor of the per-device batch {per_device} "
+                        f"(batch_size {config.batch_size} over {device_count} devices), got {ghost}")
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ConfigError("config.validation_fraction",
                       f"must be in [0, 1), got {config.validation_fraction}")
-  registry.validate(config.optimizer)
+  registry.validate_config(config)  # optimizer, noise, smoothout, weight-decay switch-off
   check_choice("config.schedule.name", config.schedule.name, schedules.SCHEDULES)
   _positive(config, "schedule.warmup_epochs", allow_zero=True)
   if config.schedule.warmup_epochs >= config.num_epochs:
@@ -64,6 +74,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
                       f"training (config.num_epochs={config.num_epochs})")
   if config.schedule.base_batch_size is not None:
     _positive(config, "schedule.base_batch_size")
+  swa.validate_config(config)  # config.swa
+  swap.validate(config, device_count=device_count, process_count=process_count)  # config.swap
 
 
 def total_steps(num_epochs: float, num_examples: int, batch_size: int) -> int:
@@ -100,6 +112,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   parent = workdir
   while not os.path.exists(parent):
     parent = os.path.dirname(parent) or "."
+  if not os.path.isdir(parent):
+    raise ConfigError("--workdir", f"{parent} is not a directory")
   if not os.access(parent, os.W_OK):
     raise ConfigError("--workdir", f"{parent} is not writable")
   if not os.path.exists(path):

@@ -17,18 +17,27 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and status.")
-flags.DEFINE_string("coordinator_address", os.environ.get("LBJAX_COORDINATOR_ADDRESS"),
-                    "host:port of process 0, for multi-host training.")
-flags.DEFINE_integer("num_processes", int(os.environ.get("LBJAX_NUM_PROCESSES", "0")) or None,
-                     "Number of processes (hosts) in a multi-host job.")
-flags.DEFINE_integer("process_id", int(os.environ.get("LBJAX_PROCESS_ID", "-1")),
-                     "This process's id in a multi-host job.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() with auto-detected settings (TPU pods, SLURM).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the launcher's flags on ``flag_values`` (a fresh FlagValues in tests)."""
+  config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
+                                  lock_config=True, flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and status.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("coordinator_address", os.environ.get("LBJAX_COORDINATOR_ADDRESS"),
+                      "host:port of process 0, for multi-host training.", flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", int(os.environ.get("LBJAX_NUM_PROCESSES", "0")) or None,
+                       "Number of processes (hosts) in a multi-host job.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("process_id", int(os.environ.get("LBJAX_PROCESS_ID", "-1")),
+                       "This process's id in a multi-host job.", flag_values=flag_values)
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detected "
+                    "settings (TPU pods, SLURM).", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+define_flags()
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id, auto=False) -> None:
@@ -49,10 +58,10 @@ def initialize_distributed(coordinator_address, num_processes, process_id, auto=
     jax.distributed.initialize()
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
   """absl flag parsing with one-line errors naming the flag (no traceback, exit code 1)."""
   try:
-    return FLAGS(argv)
+    return flag_values(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for `--config.<key>` overrides of keys the config lacks.
     name = str(e).strip("'\" ")
@@ -60,20 +69,24 @@ def parse_flags(argv: list[str]) -> list[str]:
                     if a.startswith("--config.") and name in a.split("=")[0]), "--config")
     sys.exit(f"lbjax: error: {culprit}: unknown config key {name!r} "
              "(configs/default.py lists every key)")
+  except flags.UnrecognizedFlagError as e:
+    sys.exit(f"lbjax: error: --{e.flagname}: unknown flag or config key "
+             "(configs/default.py lists every key)")
   except flags.Error as e:
     sys.exit(f"lbjax: error: {e}")
 
 
-def main(argv):
+def main(argv, flag_values: flags.FlagValues = FLAGS):
+  fv = flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from lbjax import train  # pylint: disable=g-import-not-at-top
   from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   try:
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           auto=FLAGS.distributed)
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
+                           auto=fv.distributed)
+    summary = train.train_and_evaluate(fv.config, fv.workdir)
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
   if summary["status"] == "diverged":

@@ -1,0 +1,229 @@
+"""Faults a long job meets: kill -9, SIGTERM, a corrupt checkpoint, and a table of bad inputs.
+
+Each fault must lose at most the work since the last checkpoint and leave the final result
+bit-identical to an uninterrupted run; bad input must stop with one line naming the key and
+leave the workdir exactly as it was.
+"""
+
+import io
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lbjax import main as lbjax_main
+from lbjax import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--config=configs/quickstart.py", "--config.image_size=16", "--config.batch_size=32",
+        "--config.num_epochs=2", "--config.schedule.warmup_epochs=0.5",
+        "--config.checkpoint_every_steps=10", "--config.log_every_steps=5",
+        "--config.progress_bar=False"]
+
+
+def start(workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.Popen([sys.executable, "-m", "lbjax.main", *FAST, *extra,
+                           f"--workdir={workdir}"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def checkpoint_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for_checkpoint(proc, workdir, min_step, timeout=300):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      raise AssertionError("run ended before it could be interrupted:\n" + proc.stdout.read())
+    if any(s >= min_step for s in checkpoint_steps(workdir)):
+      return
+    time.sleep(0.05)
+  raise AssertionError("no checkpoint appeared")
+
+
+def final_params(workdir):
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step()
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+  return step, tree
+
+
+def assert_bit_identical(a, b):
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_kill9_and_sigterm_at_random_steps_resume_bit_identically(tmp_path):
+  reference = str(tmp_path / "reference")
+  proc = start(reference)
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+
+  rng = np.random.default_rng(0)
+  workdir = str(tmp_path / "interrupted")
+  # kill -9 twice at random points, then SIGTERM, then run to the end.
+  for min_step in sorted(rng.integers(10, 60, size=2)):
+    proc = start(workdir)
+    wait_for_checkpoint(proc, workdir, int(min_step))
+    time.sleep(float(rng.uniform(0, 0.5)))
+    proc.kill()
+    proc.wait()
+  proc = start(workdir)
+  wait_for_checkpoint(proc, workdir, 70)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-3000:]
+  status = metrics_lib.read_status(workdir)
+  if status["status"] == "preempted":  # (unless the run had already finished)
+    assert "preempted at step" in out
+    assert status["step"] in checkpoint_steps(workdir)
+  proc = start(workdir)
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert metrics_lib.read_status(workdir)["status"] == "completed"
+  step_a, a = final_params(reference)
+  step_b, b = final_params(workdir)
+  assert step_a == step_b
+  assert_bit_identical(a, b)
+  ref_status = metrics_lib.read_status(reference)
+  assert metrics_lib.read_status(workdir)["test_accuracy"] == ref_status["test_accuracy"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from lbjax import train  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.image_size, config.batch_size, config.num_epochs = 16, 32, 1.0
+  config.checkpoint_every_steps, config.progress_bar = 20, False
+  config.schedule.warmup_epochs = 0.0
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  steps = checkpoint_steps(workdir)
+  latest = os.path.join(workdir, "checkpoints", str(steps[-1]))
+  # Truncate every data file of the newest checkpoint, as a disk error mid-write would.
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(0, os.path.getsize(f.name) // 3))
+  capsys.readouterr()
+  resumed = train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert f"checkpoint step {steps[-1]} is unreadable" in out
+  assert f"resuming from step {steps[-2]}" in out
+  assert resumed["status"] == "completed"
+  assert resumed["test_accuracy"] == reference["test_accuracy"]
+  assert_bit_identical(final_params(str(tmp_path / "reference"))[1]["params"],
+                       final_params(workdir)[1]["params"])
+
+
+def _snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = f.read()
+  return out
+
+
+def run_launcher(argv):
+  """Runs the launcher in-process; returns (exit code, stderr+message)."""
+  flag_values = flags.FlagValues()
+  lbjax_main.define_flags(flag_values)
+  err = io.StringIO()
+  code = 0
+  argv = ["lbjax", *argv]
+  saved_argv, sys.argv = sys.argv, argv  # ml_collections reads --config.* overrides there
+  with contextlib.redirect_stderr(err):
+    try:
+      remaining = lbjax_main.parse_flags(argv, flag_values)
+      lbjax_main.main(remaining, flag_values)
+    except SystemExit as e:
+      code = e.code
+    except flags.IllegalFlagValueError as e:  # absl's required-flag check, as app.run reports it
+      err.write(f"lbjax: error: {e}")
+      code = 1
+    finally:
+      sys.argv = saved_argv
+  if isinstance(code, str):
+    err.write(code)
+    code = 1
+  return code, err.getvalue()
+
+
+BAD = [
+    ("unknown key", ["--config.no_such_key=1"], "--config.no_such_key"),
+    ("unknown nested key", ["--config.schedule.no_such=1"], "--config.schedule.no_such"),
+    ("wrong type", ["--config.batch_size=abc"], "config.batch_size"),
+    ("float batch", ["--config.num_epochs=abc"], "config.num_epochs"),
+    ("unknown model", ["--config.model.name=resnet1000"], "config.model.name"),
+    ("unknown optimizer", ["--config.optimizer.name=sgdd"], "config.optimizer.name"),
+    ("hyperparameter of another optimizer", ["--config.optimizer.b1=0.5"], "config.optimizer.b1"),
+    ("unknown dataset", ["--config.dataset=mnist"], "config.dataset"),
+    ("unknown augmentation", ["--config.augment=crop+sepia"], "config.augment"),
+    ("unknown schedule", ["--config.schedule.name=triangle"], "config.schedule.name"),
+    ("zero batch", ["--config.batch_size=0"], "config.batch_size"),
+    ("negative batch", ["--config.batch_size=-128"], "config.batch_size"),
+    ("batch not divisible by devices", ["--config.batch_size=30"], "config.batch_size"),
+    ("zero lr", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
+    ("negative lr", ["--config.optimizer.learning_rate=-0.1"], "config.optimizer.learning_rate"),
+    ("zero epochs", ["--config.num_epochs=0"], "config.num_epochs"),
+    ("warmup longer than training", ["--config.schedule.warmup_epochs=100"],
+     "config.schedule.warmup_epochs"),
+    ("missing data_dir", ["--config.dataset=cifar10"], "config.data_dir"),
+    ("data_dir without CIFAR-10", ["--config.dataset=cifar10", "--config.data_dir=/nonexistent"],
+     "config.data_dir"),
+    ("validation fraction", ["--config.validation_fraction=1.5"], "config.validation_fraction"),
+    ("zero eval batch", ["--config.eval_batch_size=0"], "config.eval_batch_size"),
+    ("zero keep", ["--config.keep_checkpoints=0"], "config.keep_checkpoints"),
+    ("negative warmup", ["--config.schedule.warmup_epochs=-1"], "config.schedule.warmup_epochs"),
+    ("unknown ghost batch", ["--config.model.ghost_batch_size=7"], "config.model.ghost_batch_size"),
+    ("multi-host without process id", ["--coordinator_address=127.0.0.1:1"],
+     "--num_processes/--process_id"),
+]
+
+
+@pytest.mark.parametrize("name,argv,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_table(tmp_path, name, argv, key):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("a researcher's notes")
+  before = _snapshot(str(workdir))
+  code, err = run_launcher(["--config=configs/quickstart.py", f"--workdir={workdir}", *argv])
+  assert code not in (0, None), err
+  message = [line for line in err.strip().splitlines() if line.startswith("lbjax: error:")]
+  assert len(message) == 1 and key in message[0], err
+  if not name.startswith("unknown") or "key" not in name:
+    assert "unknown flag or config key" not in message[0], err
+  assert "Traceback" not in err
+  assert _snapshot(str(workdir)) == before
+
+
+def test_workdir_checks(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  code, err = run_launcher(["--config=configs/quickstart.py", f"--workdir={blocker}/run"])
+  assert code == 1 and "--workdir" in err
+  # A workdir holding a run of another config is refused and left as it was.
+  workdir = tmp_path / "other"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"seed": 1, "batch_size": 4096}')
+  before = _snapshot(str(workdir))
+  code, err = run_launcher(["--config=configs/quickstart.py", f"--workdir={workdir}"])
+  assert code == 1 and "--workdir" in err and "config.batch_size" in err
+  assert _snapshot(str(workdir)) == before
