@@ -31,10 +31,15 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, tree: Any, force: bool = False) -> None:
-    """Saves ``tree`` (host or fully replicated values) as ``step``."""
+  def save(self, step: int, tree: Any) -> None:
+    """Saves ``tree`` (host values) as ``step``.
+
+    The caller decides when to save, so orbax's own interval policy is bypassed (``force``):
+    a save requested while the previous asynchronous one is still writing waits for it
+    instead of being skipped, which matters for the save on preemption.
+    """
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
 
   def restore(self, step: int, target: Any) -> Any:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target))

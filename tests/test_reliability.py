@@ -23,7 +23,7 @@ from lbjax import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--config=configs/quickstart.py", "--config.image_size=16", "--config.batch_size=32",
-        "--config.num_epochs=2", "--config.schedule.warmup_epochs=0.5",
+        "--config.num_epochs=1.6", "--config.schedule.warmup_epochs=0.5",
         "--config.checkpoint_every_steps=10", "--config.log_every_steps=5",
         "--config.progress_bar=False"]
 
@@ -72,18 +72,19 @@ def test_kill9_and_sigterm_at_random_steps_resume_bit_identically(tmp_path):
   proc = start(reference)
   out = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, out[-3000:]
+  assert "resuming" not in out
 
   rng = np.random.default_rng(0)
   workdir = str(tmp_path / "interrupted")
   # kill -9 twice at random points, then SIGTERM, then run to the end.
-  for min_step in sorted(rng.integers(10, 60, size=2)):
+  for min_step in sorted(rng.integers(10, 50, size=2)):
     proc = start(workdir)
     wait_for_checkpoint(proc, workdir, int(min_step))
     time.sleep(float(rng.uniform(0, 0.5)))
     proc.kill()
     proc.wait()
   proc = start(workdir)
-  wait_for_checkpoint(proc, workdir, 70)
+  wait_for_checkpoint(proc, workdir, 60)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, out[-3000:]
