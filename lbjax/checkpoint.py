@@ -51,11 +51,26 @@ class Checkpointer:
       try:
         return step, self.restore(step, target)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
-                        step, self.directory, type(e).__name__, e)
+        aside = self._set_aside(step)
+        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); moved to %s; trying an "
+                        "older one", step, self.directory, type(e).__name__, e, aside)
         print(f"lbjax: warning: checkpoint step {step} is unreadable "
-              f"({type(e).__name__}); falling back to an older one", flush=True)
+              f"({type(e).__name__}); moved to {aside}; falling back to an older one", flush=True)
     return None, target
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of orbax's view (kept for inspection, not deleted), so
+    that the resumed run can write that step again."""
+    path = os.path.join(self.directory, str(step))
+    aside = f"{path}.unreadable"
+    n = 1
+    while os.path.exists(aside):
+      n += 1
+      aside = f"{path}.unreadable{n}"
+    if jax.process_index() == 0:
+      os.rename(path, aside)
+    self._manager.reload()
+    return aside
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -126,6 +126,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
   out = capsys.readouterr().out
   assert f"checkpoint step {steps[-1]} is unreadable" in out
   assert f"resuming from step {steps[-2]}" in out
+  # The unreadable step is kept for inspection, out of orbax's way.
+  assert os.path.isdir(latest + ".unreadable")
   assert resumed["status"] == "completed"
   assert resumed["test_accuracy"] == reference["test_accuracy"]
   assert_bit_identical(final_params(str(tmp_path / "reference"))[1]["params"],
