@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Batch and length.
   c.batch_size = 128            # global batch over all devices and hosts
+  # Gradient accumulation (lbjax/accumulate.py): examples per forward/backward pass per device;
+  # their mean gradient makes one update of the whole batch. None: the whole per-device batch.
+  c.micro_batch_size = config_dict.placeholder(int)
+  c.accumulation = "auto"       # auto | scan | host: how micro-batches run (auto: host on CPU)
   c.eval_batch_size = 512
   c.num_epochs = 10.0
 

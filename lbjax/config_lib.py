@@ -15,7 +15,7 @@ from lbjax.errors import ConfigError, check_choice
 
 # Keys that only change logging or bookkeeping: a rerun may change them and still resume.
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-                  "keep_checkpoints", "progress_bar", "eval_batch_size")
+                  "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation")
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
@@ -30,6 +30,7 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
 def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1) -> None:
   """Raises ConfigError for the first bad value in ``config``."""
   # pylint: disable=g-import-not-at-top
+  from lbjax import accumulate
   from lbjax import models
   from lbjax import schedules
   from lbjax import swa
@@ -55,13 +56,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
                       f"{config.batch_size} is not divisible by the {device_count} devices "
                       f"({process_count} process(es)); use a multiple of {device_count}")
   augment.validate_batch(config.augment, config.batch_size // device_count)  # CutMix pairs
+  accumulate.validate_config(config, device_count=device_count)  # micro_batch_size, accumulation
   ghost = config.model.get("ghost_batch_size")
   if ghost is not None:
-    per_device = config.batch_size // device_count
-    if not isinstance(ghost, int) or ghost <= 0 or per_device % ghost:
+    # Ghost batches split each forward pass: the per-device (micro-)batch.
+    forward, what = accumulate.forward_batch(config, device_count)
+    if not isinstance(ghost, int) or ghost <= 0 or forward % ghost:
       raise ConfigError("config.model.ghost_batch_size",
-                        f"must be a positive divisor of the per-device batch {per_device} "
-                        f"(batch_size {config.batch_size} over {device_count} devices), got {ghost}")
+                        f"must be a positive divisor of the {what}, got {ghost}")
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ConfigError("config.validation_fraction",
                       f"must be in [0, 1), got {config.validation_fraction}")

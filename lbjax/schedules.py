@@ -7,10 +7,18 @@
   ``step`` (seed 002: multiply by ``lr_decay`` every ``lr_decay_epoch`` epochs);
   ``multistep`` (multiply by ``lr_decay`` at each epoch in ``milestones``).
 
+Weight decay (``build_weight_decay``): the optimizer's ``weight_decay`` until
+``schedule.weight_decay_off_fraction`` of training, then 0 (seed 003: off after 75% of epochs,
+following Gontijo-Lopes et al. 2020).
+
+Noise annealing (``build_annealed``, for ``config.noise`` and ``config.smoothout``): the scale
+``s`` over training, ``none`` (constant), ``exponential`` (s·r^(t/T)), ``linear`` (s → s·r) or
+``cosine`` (s·(r + (1 − r)(1 + cos(πt/T))/2)), with r = ``final_ratio`` and T the total steps.
+
 Configs give epochs; `steps_per_epoch` (float, N / global batch) converts them once here.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import ml_collections
 import optax
@@ -74,3 +82,63 @@ def build_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: floa
     return main
   warmup = optax.linear_schedule(0.0, base, warmup_steps)
   return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def build_weight_decay(config: ml_collections.ConfigDict, total_steps: int,
+                       weight_decay: float) -> Optional[optax.Schedule]:
+  """``weight_decay`` switched off after ``config.schedule.weight_decay_off_fraction`` of training.
+
+  Returns None when the key is unset (the optimizer keeps its constant ``weight_decay``). The
+  switch happens at step ``round(fraction · total_steps)``: seed 003 turns weight decay off
+  once 75% of the epochs have passed.
+  """
+  fraction = config.schedule.get("weight_decay_off_fraction")
+  if fraction is None:
+    return None
+  off_step = int(round(fraction * total_steps))
+  return optax.piecewise_constant_schedule(weight_decay, {off_step: 0.0})
+
+
+def _anneal_none(scale, final_ratio, total_steps):
+  del final_ratio, total_steps
+  return optax.constant_schedule(scale)
+
+
+def _anneal_exponential(scale, final_ratio, total_steps):
+  return optax.exponential_decay(scale, transition_steps=max(total_steps, 1),
+                                 decay_rate=final_ratio)
+
+
+def _anneal_linear(scale, final_ratio, total_steps):
+  return optax.linear_schedule(scale, scale * final_ratio, max(total_steps, 1))
+
+
+def _anneal_cosine(scale, final_ratio, total_steps):
+  return optax.cosine_decay_schedule(scale, max(total_steps, 1), alpha=final_ratio)
+
+
+ANNEALING: dict[str, Callable] = {
+    "none": _anneal_none,
+    "exponential": _anneal_exponential,
+    "linear": _anneal_linear,
+    "cosine": _anneal_cosine,
+}
+
+
+def validate_annealed(block: ml_collections.ConfigDict, key: str) -> None:
+  """Checks a ``{scale, annealing, final_ratio}`` block (``config.noise``, ``config.smoothout``)."""
+  scale = block.scale
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+    raise ConfigError(f"{key}.scale", f"must be a number >= 0 (0: off), got {scale!r}")
+  check_choice(f"{key}.annealing", block.annealing, ANNEALING)
+  ratio = block.final_ratio
+  if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+    raise ConfigError(f"{key}.final_ratio", f"must be in [0, 1], got {ratio!r}")
+  if block.annealing == "exponential" and ratio <= 0:
+    raise ConfigError(f"{key}.final_ratio",
+                      "exponential annealing s·r^(t/T) needs final_ratio > 0 (e.g. 0.01)")
+
+
+def build_annealed(block: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The scale of ``block`` (``config.noise`` or ``config.smoothout``) as a schedule of the step."""
+  return ANNEALING[block.annealing](float(block.scale), float(block.final_ratio), total_steps)

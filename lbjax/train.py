@@ -12,10 +12,9 @@ checkpoint, loop, evaluate, checkpoint, and write ``status.json``.
 import os
 import signal
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import logging
-import flax
 from flax import struct
 import flax.linen as nn
 import jax
@@ -25,15 +24,19 @@ import ml_collections
 import numpy as np
 import optax
 
+from lbjax import accumulate
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import metrics as metrics_lib
 from lbjax import models
 from lbjax import schedules
+from lbjax import swa
 from lbjax.data import augment
 from lbjax.data import datasets
 from lbjax.data import pipeline
+from lbjax.optim import kfac_capture
 from lbjax.optim import registry
+from lbjax.optim import smoothout
 
 AXIS = "batch"
 
@@ -65,6 +68,17 @@ def cross_entropy(logits, targets):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def soft_accuracy(logits, targets):
+  """Mean target weight of the predicted class, ``mean_i targets_i[argmax logits_i]``.
+
+  0/1 accuracy for one-hot targets; for CutMix's mixed targets the credit is the predicted
+  label's share of the image (the expected 0/1 accuracy against a label drawn from the
+  targets), so a tie between two labels needs no rule.
+  """
+  predicted = jnp.argmax(logits, -1)
+  return jnp.mean(jnp.take_along_axis(targets, predicted[:, None], -1))
+
+
 def step_keys(seed: int, step, positions):
   """Per-example keys: ``fold_in(fold_in(PRNGKey(seed), step), position)``.
 
@@ -75,31 +89,65 @@ def step_keys(seed: int, step, positions):
   return jax.vmap(lambda p: jax.random.fold_in(step_key, p))(positions)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    micro_batch_size: Optional[int] = None, **kwargs) -> Callable:
+  """The per-device train step ``(state, batch) -> (state, metrics)``; pmap it over AXIS.
+
+  ``kwargs`` are those of :func:`make_step_parts`. With ``micro_batch_size`` the per-device batch
+  is processed in micro-batches of that size inside the step (``lax.scan``) and their mean
+  gradient makes one optimizer update (``lbjax/accumulate.py``).
+  """
+  return accumulate.scan_step(make_step_parts(model, tx, **kwargs), micro_batch_size)
+
+
+def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
                     augment_mode: str, num_classes: int, mean, std,
-                    learning_rate: optax.Schedule) -> Callable:
-  """The per-device train step ``(state, batch) -> (state, metrics)``; pmap it over AXIS."""
+                    learning_rate: optax.Schedule,
+                    perturb: Optional[Callable] = None,
+                    capture: Optional[Callable] = None) -> accumulate.StepParts:
+  """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
+
+  ``perturb(params, step)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the gradient is
+  taken at the perturbed weights and the update applied to the unperturbed ones.
+
+  ``capture`` (K-FAC, ``lbjax.optim.kfac_capture.from_config``) replaces ``jax.value_and_grad``
+  with the same forward/backward pass that also returns the layers' curvature statistics; they are
+  averaged over AXIS and passed to ``tx.update`` as ``kfac_stats``.
+  """
 
   def loss_fn(params, batch_stats, images, targets):
     logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                    train=True, mutable=["batch_stats"])
     return cross_entropy(logits, targets), (logits, new_vars.get("batch_stats", {}))
 
-  def train_step(state: TrainState, batch):
+  def terms(state: TrainState, batch):
+    """This device's means over ``batch`` (a micro-batch under accumulation)."""
     keys = step_keys(seed, state.step, batch["position"])
     images, targets = augment.apply(batch, keys, mode=augment_mode, num_classes=num_classes,
                                     mean=mean, std=std, train=True)
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, images, targets)
-    grads = lax.pmean(grads, AXIS)
-    # BatchNorm already normalises with global-batch statistics (axis_name); averaging the
-    # running statistics also keeps replicas identical when ghost batches are local.
-    batch_stats = lax.pmean(batch_stats, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # SmoothOut's δ depends on (seed, step) only, so every replica perturbs identically.
+    grad_params = state.params if perturb is None else perturb(state.params, state.step)
+    stats = None
+    if capture is None:
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          grad_params, state.batch_stats, images, targets)
+    else:
+      (loss, (logits, batch_stats)), grads, stats = capture(
+          grad_params, state.batch_stats, images, targets, keys)
+    return {"loss": loss, "accuracy": soft_accuracy(logits, targets), "grads": grads,
+            "batch_stats": batch_stats, "kfac_stats": stats}
+
+  def apply(state: TrainState, terms):
+    # Gradients, loss and K-FAC statistics averaged over AXIS. BatchNorm already normalises
+    # with global-batch statistics (axis_name); averaging the running statistics also keeps
+    # replicas identical when ghost batches are local.
+    terms = lax.pmean(terms, AXIS)
+    extra_args = {} if capture is None else {"kfac_stats": terms["kfac_stats"]}
+    grads, batch_stats, loss = terms["grads"], terms["batch_stats"], terms["loss"]
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
 
-    loss = lax.pmean(loss, AXIS)
-    accuracy = lax.pmean(jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)), AXIS)
+    accuracy = terms["accuracy"]
     param_norm = optax.global_norm(params)
     update_norm = optax.global_norm(updates)
     metrics = {
@@ -116,7 +164,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
                               opt_state=opt_state)
     return new_state, metrics
 
-  return train_step
+  return accumulate.StepParts(terms, apply)
 
 
 def make_eval_step(model: nn.Module, *, num_classes: int, mean, std, augment_mode: str
@@ -181,6 +229,19 @@ def _first_replica(tree):
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
+def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
+  """``tree`` copied to ``devices`` (default: all local) along a new leading axis.
+
+  The arrays carry the sharding ``jax.pmap(..., axis_name=AXIS)`` gives its outputs, so a
+  pmapped step compiles once. ``flax.jax_utils.replicate``'s arrays name their mesh axis
+  differently, and with jax 0.10 the second call, on the step's own outputs, compiles again.
+  """
+  devices = jax.local_devices() if devices is None else list(devices)
+  sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
+  stack = lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x))
+  return jax.device_put(jax.tree.map(stack, tree), sharding)
+
+
 class Experiment(NamedTuple):
   """Everything built from a config, shared by training, SWAP, HPO, benchmarks and tests."""
   config: ml_collections.ConfigDict
@@ -192,9 +253,18 @@ class Experiment(NamedTuple):
   total_steps: int
   train_step: Callable      # per-device (state, batch) -> (state, metrics); pmap over AXIS
   eval_step: Callable       # per-device (params, batch_stats, batch) -> sums
+  train_parts: accumulate.StepParts  # train_step's pieces, for accumulation on the host
 
   def init_state(self) -> TrainState:
     return init_state(self.model, self.tx, self.data.train["image"].shape[1:], self.config.seed)
+
+  def pmap_train_step(self, devices: Optional[Sequence[jax.Device]] = None) -> Callable:
+    """The host-level ``(replicated state, batch) -> (state, metrics)`` over ``devices``
+    (default: all local), state donated: ``jax.pmap(train_step)``, or the host loop of
+    micro-steps when ``config.accumulation`` resolves to ``"host"`` (``lbjax/accumulate.py``)."""
+    return accumulate.pmap_train_step(
+        self.train_parts, self.config.get("micro_batch_size"),
+        self.config.get("accumulation", "auto"), axis_name=AXIS, devices=devices)
 
   def train_batch(self, step: int, local_device_count: Optional[int] = None):
     return pipeline.train_batch(
@@ -213,24 +283,42 @@ def build(config: ml_collections.ConfigDict, data: Optional[datasets.Dataset] = 
   steps_per_epoch = config_lib.steps_per_epoch(num_train, config.batch_size)
   total_steps = config_lib.total_steps(config.num_epochs, num_train, config.batch_size)
   learning_rate = schedules.build_learning_rate(config, steps_per_epoch, total_steps)
-  tx = registry.build(config.optimizer, learning_rate)
+  tx = registry.from_config(config, learning_rate, total_steps)
+  tx = swa.from_config(config, tx, steps_per_epoch)  # config.swa: W_swa kept in opt_state
   model = create_model(config, data.num_classes)
   mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-  train_step = make_train_step(model, tx, seed=config.seed, augment_mode=config.augment,
-                               num_classes=data.num_classes, mean=mean, std=std,
-                               learning_rate=learning_rate)
+  train_parts = make_step_parts(model, tx, seed=config.seed, augment_mode=config.augment,
+                                num_classes=data.num_classes, mean=mean, std=std,
+                                learning_rate=learning_rate,
+                                perturb=smoothout.from_config(config, total_steps),
+                                capture=kfac_capture.from_config(config.optimizer, model,
+                                                                 cross_entropy))
+  train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"))
   eval_step = make_eval_step(model, num_classes=data.num_classes, mean=mean, std=std,
                              augment_mode=config.augment)
   return Experiment(config, data, model, tx, learning_rate, steps_per_epoch, total_steps,
-                    train_step, eval_step)
+                    train_step, eval_step, train_parts)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       callback: Optional[Callable[[int, dict], bool]] = None) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the summary.
 
-  The summary has ``status`` (completed | diverged | preempted), ``step`` and the final
+  The summary has ``status`` (completed | diverged | preempted | stopped), ``step`` and the final
   ``test_accuracy`` / ``test_loss`` (and ``validation_*`` when a validation split exists).
+
+  ``callback(step, eval_results)``, if given, runs after every evaluation (intermediate and final)
+  with the metrics just written (``test_accuracy``, ``validation_accuracy``, ...). A true return
+  at an intermediate evaluation saves a checkpoint and ends the run with status ``stopped``
+  (HPO pruning, early stopping; ``lbjax/hpo.py``). The metrics also hold ``train_accuracy`` /
+  ``train_loss`` of the last logging window (SWAP's phase-1 training-accuracy threshold).
+
+  With ``config.swap.enabled`` the run is SWAP's three phases (``lbjax/swap.py``), whose phase 1
+  comes back here with SWAP switched off.
   """
+  if config.get("swap") is not None and config.swap.enabled:
+    from lbjax import swap  # pylint: disable=g-import-not-at-top  (swap imports this module)
+    return swap.run(config, workdir)
   config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
   config_lib.check_workdir(config, workdir)
   exp = build(config)
@@ -247,15 +335,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   restored_step, state = ckpt.restore_latest(state)
   start = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  # Records after the restored step (or all, without a checkpoint) come from a run killed
+  # before its next checkpoint; this run writes them again.
+  writer.truncate_after(start)
   if restored_step is not None:
     print(f"lbjax: resuming from step {start} of {total_steps} ({workdir})", flush=True)
-    writer.truncate_after(start)
   if primary:
     metrics_lib.write_status(workdir, "running", start)
 
-  p_train_step = jax.pmap(exp.train_step, axis_name=AXIS, donate_argnums=(0,))
+  p_train_step = exp.pmap_train_step()
   p_eval_step = jax.pmap(exp.eval_step, axis_name=AXIS)
-  state = flax.jax_utils.replicate(state)
+  state = replicate(state)
   eval_splits = {"test": data.test}
   if data.validation is not None:
     eval_splits["validation"] = data.validation
@@ -275,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
   pending: list[dict] = []
+  last_train: dict[str, float] = {}  # the last logged window, for the callback
   status, step = "completed", start
   last_time, last_step = time.time(), start
 
@@ -296,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mean_metrics["images_per_sec"] = (step - last_step) * config.batch_size / (now - last_time)
     mean_metrics["epoch"] = step / steps_per_epoch
     writer.write(step, mean_metrics, prefix="train_")
+    last_train.update({f"train_{k}": v for k, v in mean_metrics.items()})
     pending, last_time, last_step = [], now, step
     return None
 
@@ -319,12 +411,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if bad_step is not None:
           status, step = "diverged", bad_step
           break
+      stop = False
       if step % eval_every == 0 and not is_last:
-        run_eval(step)
-      if save:
+        eval_results = run_eval(step)
+        stop = callback is not None and bool(callback(step, {**last_train, **eval_results}))
+      if save or stop:
         ckpt.save(step, _first_replica(state))
       if preemption.requested and not is_last:
         status = "preempted"
+        break
+      if stop:
+        status = "stopped"
         break
   if progress is not None:
     progress.close()
@@ -334,6 +431,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"lbjax: training diverged (non-finite loss) at step {step}", flush=True)
   elif status == "completed":
     results = run_eval(step)
+    if swa.enabled(config):  # seed 000 eq. (1): the averaged weights, BatchNorm recomputed
+      swa_results = swa.evaluate_average(exp, state, p_eval_step, eval_splits)
+      writer.write(step, swa_results)
+      results.update(swa_results)
+    if callback is not None:
+      callback(step, results)
   writer.close()
   if primary:
     metrics_lib.write_status(workdir, status, step, total_steps=total_steps, **results)
@@ -342,4 +445,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
   elif status == "preempted":
     print(f"lbjax: preempted at step {step}; rerun the same command to resume", flush=True)
+  elif status == "stopped":
+    print(f"lbjax: stopped by the callback at step {step}", flush=True)
   return summary

@@ -13,6 +13,14 @@ and one-hot float32 targets, then applies the ``'+'``-joined tokens of ``mode`` 
 ``standard``   ``crop+flip+normalize``
 =============  ==========================================================================
 
+Seed 003's recipe adds ``trivialaugment`` (TrivialAugment Wide, one random op per image,
+`lbjax.data.trivialaugment`) and ``cutmix`` (CutMix with probability 1 and λ ~ Beta(1, 1),
+partners in aligned row pairs, `lbjax.data.cutmix`).
+
+Ops that need pixel values (``pixel_values``: ``trivialaugment``) run before ``normalize`` even
+when written after it, so ``standard+trivialaugment+cutmix`` is crop, flip, TrivialAugment,
+normalize, CutMix (torchvision's CIFAR order; CutMix commutes with ``normalize``).
+
 In evaluation (``train=False``) random tokens are skipped and only ``normalize`` applies.
 
 Randomness comes only from each example's own key (``keys[i]``, which the train step derives
@@ -22,7 +30,9 @@ offsets alone and inside ``standard``.
 
 Extending: one entry in ``AUGMENTATIONS``. An op maps ``(images [b,H,W,C] float32, targets
 [b,K] float32, keys [b], Context) -> (images, targets)``; a mixing op such as CutMix may change
-the targets (pairing examples within the per-device batch makes it depend on the device count).
+the targets. A mixing op pairs examples only inside aligned groups of ``group_size`` rows of the
+global batch, which never straddle a device when the per-device batch is a multiple of it
+(`validate_batch`), so it too is independent of the device count.
 """
 
 import functools
@@ -33,6 +43,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from lbjax.data import cutmix
+from lbjax.data import trivialaugment
 from lbjax.errors import ConfigError
 
 CROP_PADDING = 4
@@ -48,6 +60,8 @@ class Context(NamedTuple):
 class Augmentation(NamedTuple):
   fn: Callable[..., tuple[jnp.ndarray, jnp.ndarray]]  # (images, targets, keys, ctx)
   train_only: bool  # random ops are skipped in evaluation
+  pixel_values: bool = False  # needs [0, 1] pixels: runs before ``normalize``
+  group_size: int = 1  # mixes examples within aligned groups of this many global-batch rows
 
 
 def _per_example(fn: Callable[[jnp.ndarray, Any], jnp.ndarray]) -> Callable:
@@ -88,6 +102,9 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "normalize": Augmentation(_normalize, train_only=False),
     "crop": Augmentation(_per_example(random_crop), train_only=True),
     "flip": Augmentation(_per_example(random_flip), train_only=True),
+    "trivialaugment": Augmentation(trivialaugment.augment_batch, train_only=True,
+                                   pixel_values=True),
+    "cutmix": Augmentation(cutmix.cutmix, train_only=True, group_size=cutmix.GROUP_SIZE),
 }
 
 # Names that expand to several tokens.
@@ -98,7 +115,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 @functools.lru_cache(maxsize=None)
 def validate_mode(mode: str) -> tuple[str, ...]:
-  """Checks ``config.augment`` and returns its tokens with aliases expanded.
+  """Checks ``config.augment`` and returns its tokens with aliases expanded, in the order they
+  run (``pixel_values`` ops moved before ``normalize``).
 
   Raises:
     ConfigError: ``mode`` is not a ``'+'``-joined string of known tokens.
@@ -116,7 +134,27 @@ def validate_mode(mode: str) -> tuple[str, ...]:
     else:
       raise ConfigError("config.augment",
                         f"unknown token {token!r} in {mode!r}; allowed tokens: {allowed}")
+  if "normalize" in tokens:  # Pixel-value ops move to just before the first normalize.
+    first = tokens.index("normalize")
+    later = tokens[first:]
+    tokens = (tokens[:first] + [t for t in later if AUGMENTATIONS[t].pixel_values]
+              + [t for t in later if not AUGMENTATIONS[t].pixel_values])
   return tuple(tokens)
+
+
+def validate_batch(mode: str, per_device_batch: int) -> None:
+  """Checks that the per-device batch holds whole groups of every mixing op in ``mode``.
+
+  Raises:
+    ConfigError: (``config.batch_size``) it is not a multiple of an op's ``group_size``.
+  """
+  for token in validate_mode(mode):
+    group = AUGMENTATIONS[token].group_size
+    if per_device_batch % group:
+      raise ConfigError("config.batch_size",
+                        f"augment token {token!r} mixes examples within groups of {group} rows "
+                        f"that must not straddle a device, so the per-device batch must be a "
+                        f"multiple of {group}; got {per_device_batch} per device")
 
 
 def _salt(token: str, occurrence: int) -> int:

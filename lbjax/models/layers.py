@@ -2,7 +2,9 @@
 
 Models never instantiate ``nn.Conv`` / ``nn.Dense`` / ``nn.BatchNorm`` directly; they go through
 :func:`conv`, :func:`dense` and :func:`norm`, so a change that must touch every layer of a kind
-(tagging layers for K-FAC, a different normalisation) happens here once.
+(a different normalisation, say) happens here once. K-FAC needs no tags here: it captures the
+statistics of every ``nn.Dense`` / ``nn.Conv`` call with a flax method interceptor, and only inside
+its own train step (``lbjax/optim/kfac_capture.py``).
 
 Normalisation (:func:`norm`) has three regimes, chosen by ``axis_name`` and ``ghost_batch_size``:
 

@@ -1,4 +1,10 @@
 """Optimizers of the seed studies, each a function returning ``optax.GradientTransformation``."""
 
-from lbjax.optim.baselines import adam, adamw, sgd
-from lbjax.optim.registry import OPTIMIZERS, build, decay_mask
+from lbjax.optim.baselines import adabelief, adam, adamw, radam, sgd
+from lbjax.optim.hybrid import hybrid, scale_by_hybrid
+from lbjax.optim.kfac import kfac, scale_by_kfac
+from lbjax.optim.lars import lars, scale_by_lars
+from lbjax.optim.nag import nag
+from lbjax.optim.noise import add_uniform_noise
+from lbjax.optim.registry import OPTIMIZERS, build, decay_mask, from_config
+from lbjax.optim.smoothout import smoothout_key, smoothout_perturb

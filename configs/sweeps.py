@@ -1,0 +1,67 @@
+"""Helpers for the ``sweep()`` beside a config (run by ``experiments/run.py``).
+
+A sweep is a list of override dicts, one per run: dotted config keys → values, a dict value
+replaces a whole block (`apply_overrides`), and the reserved key ``"run_name"`` names the run's
+directory (else the name is made from the overrides; a ``seed`` override is appended either way).
+"""
+
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+from lbjax.errors import ConfigError
+
+RUN_NAME = "run_name"
+
+
+def options(arg: Optional[str], defaults: dict[str, Any]) -> dict[str, Any]:
+  """Parses a config argument ``"key=value,key=value"``; values take the type of the default.
+
+  Raises:
+    ValueError: a key not in ``defaults`` or a value of the wrong type (ml_collections shows it
+      as the config argument's error).
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument: expected key=value with key in "
+                       f"{sorted(defaults)}, got {item!r}")
+    kind = type(defaults[key])
+    try:
+      out[key] = value if kind is str else kind(value)
+    except ValueError:
+      raise ValueError(f"config argument {key}: expected {kind.__name__}, got {value!r}") from None
+  return out
+
+
+def with_seeds(entries: Iterable[dict], num_seeds: int) -> list[dict]:
+  """Each entry repeated with ``seed`` = 0 … num_seeds − 1 (unchanged when ``num_seeds`` is 1)."""
+  entries = list(entries)
+  if num_seeds <= 1:
+    return entries
+  return [{**entry, "seed": s} for entry in entries for s in range(num_seeds)]
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
+                    where: str = "sweep") -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``overrides`` (dotted keys; a dict value replaces the block)."""
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    target = c
+    for part in path:
+      if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+        raise ConfigError(f"{where}.{key}", f"config has no block {part!r}")
+      target = target[part]
+    if isinstance(value, dict):
+      target[last] = ml_collections.ConfigDict(value)
+      continue
+    if last not in target:
+      raise ConfigError(f"{where}.{key}", "unknown config key (configs/default.py lists every key)")
+    try:
+      target[last] = value
+    except TypeError as e:
+      raise ConfigError(f"{where}.{key}", str(e)) from None
+  return c

@@ -1,0 +1,1 @@
+"""Sweeps (`experiments.run`), result tables and plots (`experiments.report`), the digits study."""

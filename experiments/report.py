@@ -1,0 +1,374 @@
+r"""Result tables and learning curves from run directories, shaped like the seeds' tables.
+
+    python -m experiments.report --root=runs/seed003_table2 [--table=seed003_table2] [--out=DIR]
+
+Reads every run under ``ROOT`` (a directory holding ``config.json``; its ``status.json`` and
+``metrics.jsonl``), places each in the cell of `experiments.tables` ``--table`` whose row and
+column its config matches, and writes to ``--out`` (default ``ROOT/report``):
+
+* ``TABLE.md``: the table, each column as "seed | ours", ours = mean ± std over the cell's runs
+  (seeds, sample std) with the count; a cell whose runs all diverged reads "diverged", runs
+  still going are counted as unfinished, a cell without runs reads "—"; below it the mean and
+  variance over the cells and the runs that fit no cell;
+* ``TABLE.csv``: the same table, numbers only (per column: seed, mean, std, n, diverged);
+* ``TABLE_runs.csv``: one line per run (cell, name, status, step, value);
+* ``TABLE_curves.png``: training loss and test accuracy against epochs, one panel per column, one
+  colour per row (every run drawn; SWAP runs join phase 1 and phase 2).
+
+Without ``--table`` the table is the one of the config recorded in ``ROOT/sweeps.json`` by
+``experiments/run.py``, else one row per run name (seeds merged) and one column.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import sys
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT_DIR not in sys.path:
+  sys.path.insert(0, ROOT_DIR)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import numpy as np
+
+from experiments import tables as tables_lib
+from experiments.tables import Table
+from lbjax import metrics as metrics_lib
+from lbjax.errors import ConfigError
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+MISSING = "—"
+DIVERGED = "diverged"
+_SEED_SUFFIX = re.compile(r"(^|,)seed=\d+$")
+
+
+class RunResult(NamedTuple):
+  name: str              # path under the root
+  workdir: str
+  config: dict[str, Any]  # flattened: dotted keys
+  status: Optional[dict]  # status.json, None before the run wrote one
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def collect(root: str) -> list[RunResult]:
+  """Every run under ``root``: directories holding ``config.json`` (not searched further, so a
+  SWAP run's ``phase1/`` is part of its run)."""
+  found = []
+  for directory, subdirs, files in os.walk(root):
+    if "config.json" in files:
+      with open(os.path.join(directory, "config.json")) as f:
+        config = _flatten(json.load(f))
+      found.append(RunResult(os.path.relpath(directory, root), directory, config,
+                             metrics_lib.read_status(directory)))
+      subdirs[:] = []
+    else:
+      subdirs.sort()
+  return sorted(found, key=lambda r: r.name)
+
+
+def _equal(value, expected) -> bool:
+  if callable(expected):
+    return bool(expected(value))
+  if isinstance(expected, float) and isinstance(value, (int, float)) and not isinstance(value,
+                                                                                      bool):
+    return math.isclose(value, expected, rel_tol=1e-9, abs_tol=0.0) or value == expected
+  if isinstance(expected, (tuple, list)) and isinstance(value, (tuple, list)):
+    return len(value) == len(expected) and all(map(_equal, value, expected))
+  return value == expected
+
+
+def _run_label(run: RunResult) -> str:
+  """The run's directory name without its seed (``a,seed=3`` → ``a``; ``seed=3`` → ``default``)."""
+  return _SEED_SUFFIX.sub("", os.path.basename(run.name)) or "default"
+
+
+def matches(run: RunResult, match: Mapping[str, Any]) -> bool:
+  for key, expected in match.items():
+    value = _run_label(run) if key == "run" else run.config.get(key)
+    if not _equal(value, expected):
+      return False
+  return True
+
+
+def place(table: Table, runs: Sequence[RunResult]
+          ) -> tuple[dict[tuple[str, str], list[RunResult]], list[RunResult]]:
+  """``{(row, column): runs}`` and the runs that fit no cell (first matching row and column)."""
+  cells: dict[tuple[str, str], list[RunResult]] = {
+      (r, c): [] for r, _ in table.rows for c, _ in table.columns}
+  unplaced = []
+  for run in runs:
+    row = next((label for label, m in table.rows if matches(run, m)), None)
+    col = next((label for label, m in table.columns if matches(run, m)), None)
+    if row is None or col is None:
+      unplaced.append(run)
+    else:
+      cells[(row, col)].append(run)
+  return cells, unplaced
+
+
+def value_of(run: RunResult, table: Table) -> Optional[float]:
+  """The run's metric (×100 for percent tables) if it completed, else None."""
+  status = run.status or {}
+  if status.get("status") not in ("completed", "stopped"):
+    return None
+  for metric in table.metrics:
+    if isinstance(status.get(metric), (int, float)):
+      return float(status[metric]) * (100.0 if table.percent else 1.0)
+  return None
+
+
+class Cell(NamedTuple):
+  mean: Optional[float]
+  std: Optional[float]
+  n: int           # runs with a value
+  diverged: int
+  unfinished: int
+
+  @property
+  def total(self) -> int:
+    return self.n + self.diverged + self.unfinished
+
+  def text(self) -> str:
+    notes = []
+    if self.n:
+      body = f"{self.mean:.2f}" + (f" ± {self.std:.2f} (n={self.n})" if self.n > 1 else "")
+      if self.diverged:
+        notes.append(f"{self.diverged}/{self.total} {DIVERGED}")
+    elif self.diverged:
+      body = DIVERGED + (f" ({self.diverged}/{self.total})" if self.total > 1 else "")
+    elif self.unfinished:
+      body = "unfinished"
+    else:
+      return MISSING
+    if self.unfinished and (self.n or self.diverged):
+      notes.append(f"{self.unfinished} unfinished")
+    return body + (f" ({', '.join(notes)})" if notes else "")
+
+
+def summarize(runs: Sequence[RunResult], table: Table) -> Cell:
+  values = [v for v in (value_of(r, table) for r in runs) if v is not None]
+  diverged = sum((r.status or {}).get("status") == DIVERGED for r in runs)
+  unfinished = len(runs) - len(values) - diverged
+  if not values:
+    return Cell(None, None, 0, diverged, unfinished)
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return Cell(float(np.mean(values)), std, len(values), diverged, unfinished)
+
+
+def _seed_text(value) -> str:
+  if value is None:
+    return MISSING
+  return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+
+
+def markdown(table: Table, cells: Mapping[tuple[str, str], Cell],
+             unplaced: Sequence[RunResult] = ()) -> str:
+  """The table with each column as "seed | ours"."""
+  header = [table.row_header]
+  for col, _ in table.columns:
+    header += [f"{col} seed", f"{col} ours"]
+  lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for row, _ in table.rows:
+    parts = [row]
+    for col, _ in table.columns:
+      parts += [_seed_text(table.seed.get((row, col))), cells[(row, col)].text()]
+    lines.append("| " + " | ".join(parts) + " |")
+  lines += ["", f"ours: mean ± sample std over the runs of a cell (n = runs), "
+            f"{' / '.join(table.metrics)}{' × 100' if table.percent else ''}; "
+            f"'{DIVERGED}': non-finite loss; '{MISSING}': no run."]
+  seed_values = [v for v in table.seed.values() if isinstance(v, (int, float))]
+  ours = [c.mean for c in cells.values() if c.mean is not None]
+  if len(seed_values) > 1 or len(ours) > 1:
+    def stats(values):
+      return (f"mean {np.mean(values):.2f}, variance {np.var(values):.2f} over {len(values)} "
+              "cells" if values else MISSING)
+    lines += ["", f"Over the cells — seed: {stats(seed_values)}; ours: {stats(ours)}."]
+  if unplaced:
+    lines += ["", "Runs in no cell: " + ", ".join(
+        f"`{r.name}` ({(r.status or {}).get('status', 'no status')})" for r in unplaced)]
+  if table.configs:
+    lines += ["", "Made by:", "", "```", *table.configs,
+              f"python -m experiments.report --root=ROOT --table={table.name}", "```"]
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(table: Table, cells: Mapping[tuple[str, str], Cell], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    header = [table.row_header or "row"]
+    for col, _ in table.columns:
+      header += [f"{col} seed", f"{col} mean", f"{col} std", f"{col} n", f"{col} diverged"]
+    writer.writerow(header)
+    for row, _ in table.rows:
+      line = [row]
+      for col, _ in table.columns:
+        cell = cells[(row, col)]
+        seed = table.seed.get((row, col))
+        line += ["" if seed is None else seed,
+                 "" if cell.mean is None else f"{cell.mean:.4f}",
+                 "" if cell.std is None else f"{cell.std:.4f}", cell.n, cell.diverged]
+      writer.writerow(line)
+
+
+def write_runs_csv(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
+                   path: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["row", "column", "run", "status", "step", "seed", "value"])
+    for (row, col), runs in placed.items():
+      for run in runs:
+        status = run.status or {}
+        value = value_of(run, table)
+        writer.writerow([row, col, run.name, status.get("status", ""), status.get("step", ""),
+                         run.config.get("seed", ""), "" if value is None else f"{value:.4f}"])
+
+
+def learning_curve(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{"train_loss": (epochs, values), "test_accuracy": (epochs, values)}`` of a run; a SWAP
+  run's phase 2 continues after phase 1's last epoch (in replica epochs)."""
+  parts = [metrics_lib.read_metrics(os.path.join(workdir, "phase1")),
+           metrics_lib.read_metrics(workdir)]
+  curves: dict[str, tuple[list, list]] = {"train_loss": ([], []), "test_accuracy": ([], [])}
+  offset = 0.0
+  for records in parts:
+    last = 0.0
+    for r in records:
+      if "train_loss" in r and "train_epoch" in r:
+        last = r["train_epoch"]
+        curves["train_loss"][0].append(offset + last)
+        curves["train_loss"][1].append(r["train_loss"])
+      if "test_accuracy" in r:
+        last = r.get("epoch", last)
+        curves["test_accuracy"][0].append(offset + last)
+        curves["test_accuracy"][1].append(r["test_accuracy"])
+    offset += last
+  return {k: (np.asarray(x, float), np.asarray(y, float)) for k, (x, y) in curves.items()}
+
+
+def plot_curves(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
+                path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  ncols = len(table.columns)
+  fig, axes = plt.subplots(2, ncols, figsize=(4.5 * ncols, 6.5), squeeze=False, sharex="col")
+  colors = plt.get_cmap("tab10")
+  for j, (col, _) in enumerate(table.columns):
+    for i, (row, _) in enumerate(table.rows):
+      for k, run in enumerate(placed[(row, col)]):
+        curve = learning_curve(run.workdir)
+        label = row if k == 0 else None
+        axes[0, j].plot(*curve["train_loss"], color=colors(i % 10), lw=1, label=label)
+        x, y = curve["test_accuracy"]
+        axes[1, j].plot(x, 100 * y, color=colors(i % 10), lw=1, marker=".", label=label)
+    axes[0, j].set_title(col, fontsize=9)
+    axes[0, j].set_ylabel("train loss")
+    axes[0, j].set_yscale("log")
+    axes[1, j].set_ylabel("test accuracy (%)")
+    axes[1, j].set_xlabel("epoch")
+  handles, labels = axes[1, 0].get_legend_handles_labels()
+  for ax in axes[1]:
+    h, l = ax.get_legend_handles_labels()
+    if len(h) > len(handles):
+      handles, labels = h, l
+  if handles:
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7)
+  fig.suptitle(table.title, fontsize=9)
+  fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(table.rows) // 4), 1, 0.96))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def runs_table(runs: Sequence[RunResult], name: str = "runs") -> Table:
+  """One row per run name (``,seed=N`` merged), one column: for sweeps without a seed table."""
+  labels = sorted({_run_label(r) for r in runs})
+  return Table(name, "Runs: test accuracy (%)", "run",
+               tuple((label, {"run": label}) for label in labels), (("test accuracy", {}),))
+
+
+def infer_table(root: str) -> Optional[str]:
+  path = os.path.join(root, "sweeps.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    names = {tables_lib.for_config(spec) for spec in json.load(f)}
+  return names.pop() if len(names) == 1 else None
+
+
+def report(root: str, table: Optional[Table] = None, out_dir: Optional[str] = None,
+           curves: bool = True) -> dict[str, Any]:
+  """Writes the outputs for the runs under ``root``; returns the cells and the paths."""
+  runs = collect(root)
+  if table is None:
+    name = infer_table(root)
+    table = tables_lib.TABLES[name]() if name else runs_table(runs)
+  out_dir = out_dir or os.path.join(root, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  placed, unplaced = place(table, runs)
+  cells = {key: summarize(rs, table) for key, rs in placed.items()}
+  text = markdown(table, cells, unplaced)
+  paths = {"markdown": os.path.join(out_dir, f"{table.name}.md"),
+           "csv": os.path.join(out_dir, f"{table.name}.csv"),
+           "runs_csv": os.path.join(out_dir, f"{table.name}_runs.csv")}
+  with open(paths["markdown"], "w") as f:
+    f.write(text)
+  write_csv(table, cells, paths["csv"])
+  write_runs_csv(table, placed, paths["runs_csv"])
+  if curves and any(placed.values()):
+    paths["curves"] = os.path.join(out_dir, f"{table.name}_curves.png")
+    plot_curves(table, placed, paths["curves"])
+  return {"table": table, "cells": cells, "placed": placed, "unplaced": unplaced,
+          "markdown": text, "paths": paths}
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing is free)."""
+  flags.DEFINE_string("root", None, "Directory holding the runs (searched recursively).")
+  flags.DEFINE_string("table", None, f"One of {sorted(tables_lib.TABLES)}; default: the table of "
+                      "ROOT/sweeps.json's config, else one row per run.")
+  flags.DEFINE_string("out", None, "Output directory (default ROOT/report).")
+  flags.DEFINE_bool("curves", True, "Write the learning-curve PNG.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    if not FLAGS.root or not os.path.isdir(FLAGS.root):
+      raise ConfigError("--root", f"not a directory: {FLAGS.root!r}")
+    table = None
+    if FLAGS.table is not None:
+      if FLAGS.table not in tables_lib.TABLES:
+        raise ConfigError("--table", f"unknown table {FLAGS.table!r}; allowed: "
+                          f"{', '.join(sorted(tables_lib.TABLES))}")
+      table = tables_lib.TABLES[FLAGS.table]()
+    result = report(FLAGS.root, table, FLAGS.out, curves=FLAGS.curves)
+  except ConfigError as e:
+    sys.exit(f"lbjax: error: {e}")
+  print(result["markdown"])
+  for kind, path in result["paths"].items():
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

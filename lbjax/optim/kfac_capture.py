@@ -1,0 +1,163 @@
+"""Where K-FAC's statistics come from: the training forward/backward pass of any flax model.
+
+:func:`make_capture` returns a drop-in replacement for
+``jax.value_and_grad(loss_fn, has_aux=True)`` in the train step that also returns the K-FAC
+statistics of the batch. While it runs ``model.apply`` it installs a flax method interceptor
+(``nn.intercept_methods``) around every ``nn.Dense`` and ``nn.Conv`` call, which
+
+* computes the layer's input factor ``A`` from its input (for a convolution, from its KFC patches)
+  in the forward pass and ``sow``-s it into the collection ``kfac_inputs``;
+* adds a zero ``perturb``-ation (collection ``kfac_outputs``) to the layer's pre-activation output
+  ``s``, so the backward pass that computes the parameter gradient also yields ``dL/ds``, from
+  which ``G`` is formed.
+
+Nothing changes for the model code (``lbjax/models/layers.py`` creates the layers as usual), and
+nothing is captured outside :func:`make_capture`: SGD, evaluation and every other optimizer run the
+model without the interceptor, at no cost.
+
+Covered: ``nn.Dense`` (extra leading axes count as locations) and 2-D or N-D ``nn.Conv`` without
+feature groups, dilation, mask or ``CIRCULAR``/``CAUSAL`` padding. Other layers are not captured;
+their parameters keep the identity preconditioner, i.e. plain momentum SGD. A layer applied more than
+once per step (weight sharing) is refused.
+"""
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+from flax.linen import linear as flax_linear
+from flax import traverse_util
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+
+from lbjax.errors import check_choice
+from lbjax.optim.kfac import (DEFAULT_FISHER, FISHER_TYPES, conv_input_factor,
+                               dense_input_factor, output_factor)
+
+INPUTS = "kfac_inputs"
+OUTPUTS = "kfac_outputs"
+OPTIMIZERS_WITH_STATISTICS = ("kfac",)
+# Folded into each example's key to draw its sampled-Fisher label (keeps augmentation keys apart).
+_SAMPLE_SALT = 0x6B666163
+
+
+def _conv_geometry(module: nn.Conv, x: jax.Array):
+  """``(kernel_size, strides, explicit padding)`` of a supported convolution call, else None."""
+  kernel_size = tuple(module.kernel_size)
+  n = len(kernel_size)
+  if (module.feature_group_count != 1 or module.mask is not None or x.ndim != n + 2
+      or any(d != 1 for d in _tuple(module.kernel_dilation, n))
+      or any(d != 1 for d in _tuple(module.input_dilation, n))):
+    return None
+  strides = _tuple(module.strides, n)
+  padding = flax_linear.canonicalize_padding(module.padding, n)
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID"):
+      return None
+    padding = lax.padtype_to_pads(x.shape[1:-1], kernel_size, strides, padding)
+  return kernel_size, strides, tuple(tuple(p) for p in padding)
+
+
+def _tuple(value, n):
+  if value is None:
+    return (1,) * n
+  if isinstance(value, int):
+    return (value,) * n
+  return tuple(value)
+
+
+def _input_factor(module: nn.Module, x: jax.Array) -> Optional[jax.Array]:
+  """The layer's A for input ``x``, or None when the layer is not covered."""
+  x = lax.stop_gradient(x)
+  if isinstance(module, nn.Dense):
+    return dense_input_factor(x, module.use_bias)
+  if isinstance(module, nn.Conv):
+    geometry = _conv_geometry(module, x)
+    return None if geometry is None else conv_input_factor(x, *geometry, module.use_bias)
+  return None
+
+
+def _store_once(previous, value):
+  if previous is not None:
+    raise ValueError("K-FAC: a Dense/Conv layer is applied more than once per step (weight "
+                     "sharing); its Kronecker blocks are not defined")
+  return value
+
+
+def _interceptor(next_fun, args, kwargs, context):
+  module = context.module
+  if context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.Conv)):
+    return next_fun(*args, **kwargs)
+  x = args[0] if args else kwargs["inputs"]
+  factor = _input_factor(module, x)
+  y = next_fun(*args, **kwargs)
+  if factor is None:
+    return y
+  module.sow(INPUTS, "a", factor, reduce_fn=_store_once, init_fn=lambda: None)
+  return module.perturb("ds", y, collection=OUTPUTS)
+
+
+def _flat(tree) -> dict[str, jax.Array]:
+  """``{"conv1": {"a": x}}`` → ``{"conv1": x}`` (the layer's ``/``-joined module path)."""
+  return {k.rpartition("/")[0]: v
+          for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
+
+
+def make_capture(model: nn.Module, loss: Callable, fisher: str = DEFAULT_FISHER) -> Callable:
+  """The train step's gradient computation with K-FAC statistics.
+
+  Args:
+    model: a flax module called as ``model.apply(variables, images, train=True)``.
+    loss: ``loss(logits, targets) -> scalar``, the mean over the (per-device) batch.
+    fisher: ``"empirical"``: ``G`` from the gradient of ``loss`` (no extra cost); ``"sampled"``:
+      from labels drawn from ``softmax(logits)`` with the per-example ``keys`` (one more backward
+      pass from the logits; the parameter gradient is unaffected).
+
+  Returns:
+    ``capture(params, batch_stats, images, targets, keys) -> ((loss, (logits, batch_stats)),
+    grads, stats)``: the first two as ``jax.value_and_grad(loss_fn, has_aux=True)`` returns them
+    for the same forward pass, and ``stats = {layer: {"a": A, "g": G}}`` of this device's batch
+    (``pmean`` them over the data axis before ``tx.update(..., kfac_stats=stats)``). ``keys`` are
+    per-example PRNG keys (only used by ``"sampled"``); deriving them from each example's position
+    in the global batch makes the result independent of the device count.
+  """
+  check_choice("config.optimizer.fisher", fisher, FISHER_TYPES)
+
+  def capture(params, batch_stats, images, targets, keys):
+    def forward(params, perturbations):
+      variables = {"params": params, "batch_stats": batch_stats, OUTPUTS: perturbations}
+      with nn.intercept_methods(_interceptor):
+        logits, new_vars = model.apply(variables, images, train=True,
+                                       mutable=["batch_stats", INPUTS])
+      return logits, (new_vars.get("batch_stats", {}), new_vars.get(INPUTS, {}))
+
+    with nn.intercept_methods(_interceptor):
+      shapes = jax.eval_shape(
+          lambda: model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                              mutable=["batch_stats", INPUTS, OUTPUTS])[1].get(OUTPUTS, {}))
+    perturbations = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    logits, vjp, (new_batch_stats, inputs) = jax.vjp(forward, params, perturbations, has_aux=True)
+    loss_value, logits_grad = jax.value_and_grad(loss)(logits, targets)
+    grads, output_grads = vjp(logits_grad)
+    if fisher == "sampled":
+      # d(mean_n -log p(y_n | x_n))/dlogits with y_n ~ softmax(logits_n); the parameter part of
+      # this second backward pass is unused and removed by XLA.
+      labels = jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, _SAMPLE_SALT), l)
+                        )(keys, lax.stop_gradient(logits))
+      probs = jax.nn.softmax(lax.stop_gradient(logits).astype(jnp.float32))
+      sampled_grad = (probs - jax.nn.one_hot(labels, logits.shape[-1])) / logits.shape[0]
+      _, output_grads = vjp(sampled_grad.astype(logits.dtype))
+    a, ds = _flat(inputs), _flat(output_grads)
+    stats = {name: {"a": a[name], "g": output_factor(ds[name])} for name in a}
+    return (loss_value, (logits, new_batch_stats)), grads, stats
+
+  return capture
+
+
+def from_config(opt_config: ml_collections.ConfigDict, model: nn.Module, loss: Callable
+                ) -> Optional[Callable]:
+  """:func:`make_capture` for an optimizer that needs statistics (``kfac``), else None."""
+  if opt_config.name not in OPTIMIZERS_WITH_STATISTICS:
+    return None
+  return make_capture(model, loss, fisher=opt_config.get("fisher", DEFAULT_FISHER))

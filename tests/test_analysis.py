@@ -1,0 +1,97 @@
+"""lbjax.analysis: linear interpolation between checkpoints, filter-normalised directions."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lbjax import metrics as metrics_lib
+from lbjax import train
+from lbjax.analysis import interpolate as interpolate_cli
+from lbjax.analysis import interpolation
+from lbjax.analysis import runs
+from tests import experiment_runs
+from tests.test_train import small_config
+
+
+def test_interpolate_and_direction_match_numpy():
+  a = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), "b": np.array([0.5, -1.0], np.float32)}
+  b = {"w": np.array([[0.0, 2.0], [1.0, 0.0]], np.float32), "b": np.array([1.5, 1.0], np.float32)}
+  for alpha in (-1.0, 0.0, 0.25, 1.0, 2.0):
+    got = interpolation.interpolate(a, b, alpha)
+    for k in a:
+      np.testing.assert_allclose(got[k], (1 - alpha) * a[k] + alpha * b[k], rtol=1e-6)
+      assert got[k].dtype == np.float32
+  d = {"w": np.array([[3.0, 0.0], [4.0, 2.0]]), "b": np.array([7.0, 7.0])}
+  normed = interpolation.filter_normalize(d, a)
+  # Filters are the columns (last axis): |a[:,0]| = sqrt(10), |d[:,0]| = 5; |a[:,1]| = sqrt(20).
+  np.testing.assert_allclose(normed["w"][:, 0], np.array([3.0, 4.0]) / 5 * np.sqrt(10), rtol=1e-6)
+  np.testing.assert_allclose(normed["w"][:, 1], np.array([0.0, 2.0]) / 2 * np.sqrt(20), rtol=1e-6)
+  np.testing.assert_array_equal(normed["b"], 0.0)  # biases / BatchNorm: no direction
+  np.testing.assert_allclose(interpolation.add_direction(a, normed, 0.5)["w"],
+                             a["w"] + 0.5 * normed["w"], rtol=1e-6)
+
+
+def test_random_direction_filters_have_the_weights_norms():
+  params = {"conv": {"kernel": np.random.default_rng(0).normal(size=(3, 3, 2, 4)),
+                     "bias": np.ones(4)}}
+  d = interpolation.random_direction(params, seed=3)
+  np.testing.assert_allclose(np.linalg.norm(d["conv"]["kernel"].reshape(-1, 4), axis=0),
+                             np.linalg.norm(params["conv"]["kernel"].reshape(-1, 4), axis=0),
+                             rtol=1e-5)
+  assert not np.allclose(d["conv"]["kernel"], interpolation.random_direction(params, 4)["conv"]
+                         ["kernel"])
+  np.testing.assert_array_equal(d["conv"]["bias"], 0.0)
+
+
+def test_alphas_include_both_solutions():
+  np.testing.assert_allclose(interpolation.alphas(-1, 2, 13), np.arange(-1, 2.01, 0.25))
+  assert {0.0, 1.0} <= set(interpolation.alphas(-1, 2, 4).tolist())
+  curve = {"t": np.array([-1.0, -0.5, 0.0, 0.5, 1.0]),
+           "train_loss": np.array([9.0, 2.0, 1.0, 1.5, 5.0])}
+  assert interpolation.sharpness(curve, 0.5) == pytest.approx(1.0)
+  assert interpolation.sharpness(curve, 1.0) == pytest.approx(8.0)
+
+
+def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path):
+  a_dir, b_dir = experiment_runs.workdir("seed=0"), experiment_runs.workdir("seed=1")
+  out = str(tmp_path / "fig3.png")
+  result = interpolate_cli.run(a_dir, b_dir, out, alpha_min=0.0, alpha_max=1.0, num_points=3)
+  curve = {k: np.asarray(v) for k, v in result["curves"][0].items()}
+  np.testing.assert_allclose(curve["alpha"], [0.0, 0.5, 1.0])
+  for i, workdir in ((0, a_dir), (2, b_dir)):
+    # The loss train_and_evaluate measured at the end of the run, from status.json.
+    status = metrics_lib.read_status(workdir)
+    assert curve["test_loss"][i] == pytest.approx(status["test_loss"], rel=1e-5)
+    assert curve["test_accuracy"][i] == pytest.approx(status["test_accuracy"], abs=1e-9)
+    # The training loss: the restored checkpoint evaluated on the training split directly.
+    sol = runs.restore(workdir)
+    p_eval = jax.pmap(sol.exp.eval_step, axis_name=train.AXIS)
+    from flax import jax_utils  # pylint: disable=g-import-not-at-top
+    direct = train.evaluate(p_eval, jax_utils.replicate(sol.params),
+                            jax_utils.replicate(sol.batch_stats), sol.exp.data.train,
+                            batch_size=256)
+    assert curve["train_loss"][i] == pytest.approx(direct["loss"], rel=1e-5)
+  assert result["steps"] == [12, 12]
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(str(tmp_path / "fig3.json")) as f:
+    assert json.load(f)["curves"][0]["test_loss"] == pytest.approx(curve["test_loss"].tolist())
+
+
+def test_batchnorm_statistics_are_recomputed_for_the_weights_evaluated():
+  config = small_config(**{"model.name": "resnet_tiny", "image_size": 8, "batch_size": 256})
+  exp = train.build(config)
+  state = jax.device_get(exp.init_state())
+  evaluator = interpolation.Evaluator(exp, max_train_examples=64)
+  garbage = jax.tree.map(lambda s: s + 5.0, state.batch_stats)
+  recomputed = evaluator(state.params, state.batch_stats)
+  # Recomputed: the statistics passed in do not matter...
+  assert evaluator(state.params, garbage) == pytest.approx(recomputed, rel=1e-6)
+  # ...whereas without recompute they do.
+  fixed = interpolation.Evaluator(exp, recompute_batch_stats=False, max_train_examples=64)
+  assert fixed(state.params, garbage)["test_loss"] != pytest.approx(recomputed["test_loss"],
+                                                                    rel=1e-3)
+  assert len(evaluator.splits["train"]["label"]) == 64

@@ -1,0 +1,111 @@
+"""The train step and the eval step compile exactly once per run: no recompilation after step 1.
+
+A recompilation costs as much as the first compile (tens of seconds for a ResNet on CPU) and is
+easy to introduce without noticing: a state whose arrays differ from the step's own outputs in
+dtype, weak type or sharding makes the second call compile again (with jax 0.10,
+``flax.jax_utils.replicate``'s mesh axis name is enough, see ``lbjax.train.replicate``).
+
+:class:`CompileCounter` listens to JAX's backend-compile event (``jax.monitoring``), which fires
+once per XLA compilation and never for a cache hit, and attributes each compilation to the lbjax
+source line that triggered it, the innermost frame in ``lbjax/``. The pmapped steps are called on
+exactly two lines of ``lbjax/train.py``: ``p_train_step(state, batch)`` in the loop and
+``p_eval_step(params, batch_stats, batch)`` in ``evaluate``.
+"""
+
+import collections
+import linecache
+import os
+import shutil
+import sys
+
+import flax
+import jax
+import pytest
+
+from lbjax import train
+from tests.test_train import small_config
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+LBJAX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(train.__file__))), "lbjax")
+
+
+class CompileCounter:
+  """Counts XLA compilations by the lbjax line that caused them (``with CompileCounter() as c``).
+
+  ``c.calls(text)``: compilations whose triggering lbjax line contains ``text``.
+  """
+
+  def __init__(self):
+    self.lines = collections.Counter()
+
+  def _listener(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event != BACKEND_COMPILE:
+      return
+    frame = sys._getframe(1)  # pylint: disable=protected-access
+    while frame is not None and not frame.f_code.co_filename.startswith(LBJAX):
+      frame = frame.f_back
+    if frame is None:
+      self.lines["<outside lbjax>"] += 1
+      return
+    self.lines[linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()] += 1
+
+  def calls(self, text: str) -> int:
+    return sum(n for line, n in self.lines.items() if text in line)
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def compile_config():
+  # LeNet-5 at 8x8 (fast to compile) on 4 devices, 11 steps of 32; evaluation every 4 steps on
+  # the test and validation splits (same padded shapes), checkpoints every 4 and a log flush
+  # every 3 steps, so every host-side path of the loop runs between train steps.
+  return small_config(**{"model.name": "lenet5", "image_size": 8, "num_epochs": 0.25,
+                         "schedule.warmup_epochs": 0.0, "validation_fraction": 0.1,
+                         "eval_every_epochs": 0.1, "eval_batch_size": 64, "log_every_steps": 3,
+                         "checkpoint_every_steps": 4})
+
+
+TRAIN_CALL = "p_train_step(state, batch)"
+EVAL_CALL = "p_eval_step(params, batch_stats, batch)"
+
+
+def test_a_run_and_its_resumption_compile_each_step_once(tmp_path):
+  config = compile_config()
+  workdir = str(tmp_path / "run")
+  with CompileCounter() as first:
+    summary = train.train_and_evaluate(config, workdir)
+  assert summary["status"] == "completed" and summary["step"] == 11
+  assert "validation_accuracy" in summary  # two eval splits went through the one eval step
+  assert first.calls(TRAIN_CALL) == 1, first.lines
+  assert first.calls(EVAL_CALL) == 1, first.lines
+
+  # Resume from the step-8 checkpoint: the restored state must not trigger a second compile.
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert 8 in steps and steps[-1] == 11
+  shutil.rmtree(os.path.join(ckpt_dir, "11"))
+  with CompileCounter() as resumed:
+    summary = train.train_and_evaluate(config, workdir)
+  assert summary["status"] == "completed" and summary["step"] == 11
+  assert resumed.calls(TRAIN_CALL) == 1, resumed.lines
+  assert resumed.calls(EVAL_CALL) == 1, resumed.lines
+
+
+def test_the_counter_sees_a_recompilation(tmp_path, monkeypatch):
+  # The bug the first test guards against: a replicated state that differs from the step's
+  # outputs only in its sharding's mesh axis name compiles the train step a second time.
+  monkeypatch.setattr(train, "replicate", flax.jax_utils.replicate)
+  with CompileCounter() as counter:
+    summary = train.train_and_evaluate(compile_config(), str(tmp_path / "run"))
+  assert summary["status"] == "completed"
+  assert counter.calls(TRAIN_CALL) == 2, counter.lines
+
+
+if __name__ == "__main__":
+  sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,165 @@
+"""experiments/run.py (sweeps: run, skip, resume) and experiments/report.py (seed-shaped tables)."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import report as report_lib
+from experiments import run as run_lib
+from experiments import tables
+from lbjax import metrics as metrics_lib
+from lbjax.errors import ConfigError
+from tests import experiment_runs
+from tests import tiny_sweep_config
+
+
+def test_overrides_set_values_replace_blocks_and_name_runs():
+  base = tiny_sweep_config.get_config()
+  c = run_lib.apply_overrides(base, {"batch_size": 32, "optimizer.learning_rate": 0.2,
+                                     "optimizer": {"name": "adam", "learning_rate": 1e-3}})
+  assert c.batch_size == 32 and c.optimizer.to_dict() == {"name": "adam", "learning_rate": 1e-3}
+  assert base.batch_size == 64  # the base config is untouched
+  with pytest.raises(ConfigError, match=r"sweep\.optimizer\.nesterovv"):
+    run_lib.apply_overrides(base, {"optimizer.nesterovv": True})
+  with pytest.raises(ConfigError, match=r"sweep\.nothere\.x"):
+    run_lib.apply_overrides(base, {"nothere.x": 1})
+  assert run_lib.run_name({"batch_size": 8192, "noise.scale": 1e-3, "seed": 1}) == \
+      "batch_size=8192,noise.scale=0.001,seed=1"
+  assert run_lib.run_name({"run_name": "4_cutmix", "augment": "x", "seed": 2}) == "4_cutmix,seed=2"
+  assert run_lib.run_name({"schedule.milestones": (150.0, 225.0), "data/dir": "a b"}) == \
+      "schedule.milestones=150.0-225.0,data_dir=a_b"
+  long = run_lib.run_name({f"k{i}": "v" * 20 for i in range(10)})
+  assert len(long) == run_lib.MAX_NAME and long != run_lib.run_name({"k0": "w" * 300})
+
+
+def test_plan_rejects_duplicate_runs_and_bad_values(tmp_path):
+  config = tmp_path / "dup.py"
+  config.write_text("from tests.tiny_sweep_config import get_config\n"
+                    "def sweep():\n  return [{'seed': 1}, {'seed': 1}]\n")
+  with pytest.raises(ConfigError, match=r"sweep\(\)\[1\]"):
+    run_lib.plan(str(config), str(tmp_path / "root"))
+  config.write_text("from tests.tiny_sweep_config import get_config\n"
+                    "def sweep():\n  return [{'batch_size': 30}]\n")
+  runs = run_lib.plan(str(config), str(tmp_path / "root"))
+  with pytest.raises(ConfigError, match=r"config\.batch_size.*run batch_size=30"):
+    run_lib.validate(runs, device_count=4)
+  assert not os.path.exists(tmp_path / "root")  # nothing written before validation
+
+
+def test_two_run_sweep_finishes_and_a_rerun_skips_both():
+  root, first = experiment_runs.sweep()
+  assert list(first) == ["seed=0", "seed=1"]
+  for seed, name in enumerate(first):
+    assert first[name]["status"] == "completed" and not first[name].get("skipped")
+    status = metrics_lib.read_status(os.path.join(root, name))
+    assert status["status"] == "completed" and status["step"] == status["total_steps"] == 12
+    with open(os.path.join(root, name, "config.json")) as f:
+      assert json.load(f)["seed"] == seed
+  with open(os.path.join(root, run_lib.SWEEPS_FILE)) as f:
+    assert json.load(f)[experiment_runs.CONFIG] == ["seed=0", "seed=1"]
+
+  mtimes = {n: os.path.getmtime(os.path.join(root, n, "metrics.jsonl")) for n in first}
+  again = run_lib.run_sweep(experiment_runs.CONFIG, root)
+  assert list(again) == ["seed=0", "seed=1"]
+  assert all(r["skipped"] and r["status"] == "completed" for r in again.values())
+  assert mtimes == {n: os.path.getmtime(os.path.join(root, n, "metrics.jsonl")) for n in first}
+
+
+def test_an_unfinished_run_is_resumed_and_a_changed_config_is_an_error(tmp_path, capsys):
+  experiment_runs.sweep()
+  root = str(tmp_path)
+  shutil.copytree(experiment_runs.workdir("seed=0"), os.path.join(root, "seed=0"))
+  # Killed after its last checkpoint, before the final status: status "running".
+  metrics_lib.write_status(os.path.join(root, "seed=0"), "running", 12)
+  os.makedirs(os.path.join(root, "seed=1"))
+  with open(os.path.join(root, "seed=1", "config.json"), "w") as f:
+    json.dump({"seed": 1, "batch_size": 1}, f)  # an edited config file's old run
+  results = run_lib.run_sweep(experiment_runs.CONFIG, root)
+  assert "resuming from step 12 of 12" in capsys.readouterr().out
+  assert results["seed=0"]["status"] == "completed" and not results["seed=0"].get("skipped")
+  assert metrics_lib.read_status(os.path.join(root, "seed=0"))["status"] == "completed"
+  assert results["seed=1"]["status"] == "error"
+  assert "--workdir" in results["seed=1"]["error"] and "batch_size" in results["seed=1"]["error"]
+
+
+TINY_TABLE = tables.Table(
+    "tiny", "Tiny table", "lr",
+    rows=(("lr 0.05", {"optimizer.learning_rate": 0.05}),
+          ("lr 1e8", {"optimizer.learning_rate": 1e8})),
+    columns=(("BS 64", {"batch_size": 64}), ("BS 128", {"batch_size": 128})),
+    seed={("lr 0.05", "BS 64"): 12.5, ("lr 1e8", "BS 64"): "diverged"})
+
+
+def test_report_from_real_runs_has_the_seed_tables_rows_and_columns(tmp_path):
+  root, results = experiment_runs.sweep("report")  # seeds 0 and 1, and lr 1e8 (diverges)
+  assert [r["status"] for r in results.values()] == ["completed", "completed", "diverged"]
+  accuracies = [100 * metrics_lib.read_status(os.path.join(root, f"seed={s}"))["test_accuracy"]
+                for s in (0, 1)]
+  mean = sum(accuracies) / 2
+  std = abs(accuracies[0] - accuracies[1]) / 2 ** 0.5  # sample std of two values
+
+  out = report_lib.report(root, TINY_TABLE, str(tmp_path / "out"))
+  lines = out["markdown"].splitlines()
+  table = [line for line in lines if line.startswith("|")]
+  assert table[0] == "| lr | BS 64 seed | BS 64 ours | BS 128 seed | BS 128 ours |"
+  assert table[2] == f"| lr 0.05 | 12.50 | {mean:.2f} ± {std:.2f} (n=2) | — | — |"
+  assert table[3] == "| lr 1e8 | diverged | diverged | — | — |"
+  assert len(table) == 4
+
+  with open(out["paths"]["csv"]) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["lr", "BS 64 seed", "BS 64 mean", "BS 64 std", "BS 64 n", "BS 64 diverged",
+                     "BS 128 seed", "BS 128 mean", "BS 128 std", "BS 128 n", "BS 128 diverged"]
+  assert [r[0] for r in rows[1:]] == ["lr 0.05", "lr 1e8"]
+  assert float(rows[1][2]) == pytest.approx(mean, abs=1e-4)
+  assert float(rows[1][3]) == pytest.approx(std, abs=1e-4)
+  assert rows[1][4:6] == ["2", "0"] and rows[2][1:6] == ["diverged", "", "", "0", "1"]
+  with open(out["paths"]["runs_csv"]) as f:
+    runs = list(csv.DictReader(f))
+  assert sorted((r["row"], r["status"]) for r in runs) == [
+      ("lr 0.05", "completed"), ("lr 0.05", "completed"), ("lr 1e8", "diverged")]
+  with open(out["paths"]["curves"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # Without a table: one row per run (seeds merged), from ROOT/sweeps.json's unknown config.
+  plain = report_lib.report(root, out_dir=str(tmp_path / "plain"), curves=False)
+  labels = [label for label, _ in plain["table"].rows]
+  assert labels == ["default", "optimizer.learning_rate=100000000.0,schedule.name=constant"]
+  assert plain["cells"][("default", "test accuracy")].n == 2
+
+
+def test_a_partly_diverged_or_unfinished_cell_says_so():
+  table = TINY_TABLE
+
+  def run(status, accuracy=None):
+    return report_lib.RunResult("r", "/nonexistent", {}, {"status": status,
+                                                         "test_accuracy": accuracy})
+  cell = report_lib.summarize([run("completed", 0.9), run("diverged"), run("running")], table)
+  assert cell.text() == "90.00 (1/3 diverged, 1 unfinished)"
+  assert report_lib.summarize([run("diverged"), run("diverged")], table).text() == "diverged (2/2)"
+  assert report_lib.summarize([run("preempted")], table).text() == "unfinished"
+  assert report_lib.summarize([], table).text() == "—"
+
+
+def test_seed_tables_hold_the_seeds_numbers():
+  t2 = tables.seed003_table2()
+  assert [label for label, _ in t2.columns] == ["η = 0.1", "η = 0.01", "η = 0.001"]
+  assert t2.seed[("Adam", "η = 0.1")] == "diverged"
+  assert t2.seed[("hybrid (提案手法)", "η = 0.01")] == 95.88
+  t3 = tables.seed003_table3()
+  values = [t3.seed[(r, c)] for r, _ in t3.rows for c, _ in t3.columns]
+  # Seed 003: "精度の平均は97.03、分散は0.11" over the 25 cells of Table 3.
+  assert len(values) == 25 and round(float(np.mean(values)), 2) == 97.03
+  assert round(float(np.var(values)), 2) == 0.11
+  assert tables.seed003_table1().seed[("+Weight Decay off", "精度 (%)")] == 95.73
+  assert tables.seed000_table1().seed[("LARS", "BS16384")] == 91.67
+  assert tables.seed002_table1().seed[("K-FAC", "2048")] == pytest.approx(64.9841)
+  assert tables.for_config("configs/seed001_noise.py:method=smoothout") == "seed001_smoothout"
+  for name, build in tables.TABLES.items():
+    table = build()
+    assert table.name == name
+    assert set(table.seed) <= {(r, c) for r, _ in table.rows for c, _ in table.columns}

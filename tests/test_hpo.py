@@ -1,0 +1,325 @@
+"""TPE search (lbjax/hpo.py): SQLite study, report, PostgreSQL workers, a killed worker.
+
+The PostgreSQL tests start their own server from the OS package (`apt-get install postgresql`,
+which `.ci/run` does) in a temporary directory; without it they fail, they do not skip.
+"""
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+
+from configs import seed002_adam
+from configs import seed002_kfac
+from configs import seed002_sgd
+from lbjax import hpo
+from lbjax import metrics as metrics_lib
+from lbjax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A good and a hopeless point of the SGD space: validation accuracy ~0.6 vs ~0.15 after 20 steps.
+GOOD = {"weight_decay": 5e-4, "lr": 0.05, "lr_decay": 0.5, "lr_decay_epoch": 10, "momentum": 0.9}
+BAD = {"weight_decay": 1e-5, "lr": 1e-4, "lr_decay": 0.1, "lr_decay_epoch": 1, "momentum": 0.5}
+
+# Seed 002 SGD on digits made tiny: batch 32, 16x16, 40 steps, validated at steps 20 and 40.
+TINY = {"batch_size": 32, "image_size": 16, "augment": "normalize", "num_epochs": 0.98,
+        "eval_every_epochs": 0.5, "log_every_steps": 10}
+
+
+def tiny_config(**overrides):
+  c = seed002_sgd.get_config("bs=128,data=digits")
+  for key, value in {**TINY, **overrides}.items():
+    setattr(c, key, value)
+  c.hpo.n_startup_trials = 2
+  c.hpo.seed = 0
+  return c
+
+
+def by_number(study):
+  return {t.number: t for t in study.get_trials()}
+
+
+# --- the configs' search spaces -------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", [seed002_sgd, seed002_adam, seed002_kfac])
+def test_search_spaces_cover_table1(module):
+  config = module.get_config("bs=512")
+  space = config.search_space
+  assert config.hpo.validation_fraction > 0
+  for batch_size, row in module.TABLE1.items():
+    tuned = module.get_config(f"bs={batch_size}")
+    for name, entry in space.items():
+      value = float(hpo._get(tuned, entry.key))  # Table 1's value, via the config
+      field = entry.key.split(".")[-1]
+      assert value == pytest.approx(row[field]), (name, batch_size)
+      assert entry.low <= value <= entry.high, (name, batch_size, value)
+      if entry.type == "int":
+        assert (value - entry.low) % entry.step == 0
+      # Log-uniform exactly where the range spans two decades or more.
+      assert entry.get("log", False) == (entry.high / entry.low >= 100), name
+  # Every Table 1 column of the optimizer is searched, except Adam's fixed ones.
+  fixed = {"val_acc"} | ({"weight_decay", "b2", "eps"} if module is seed002_adam else set())
+  searched = {e.key.split(".")[-1] for e in space.values()}
+  assert searched == set(module.TABLE1[128]) - fixed
+  # The report's columns follow Table 1's order.
+  labels = [label for _, label, _ in hpo.columns(config)]
+  assert labels[0] in ("weight decay", "α") and labels[-1] in ("momentum", "β1", "damping")
+
+
+def test_digits_variant_scales_the_decay_period():
+  full, small = seed002_sgd.get_config("bs=2048"), seed002_sgd.get_config("bs=2048,data=digits")
+  assert small.dataset == "digits" and small.num_epochs == 10.0
+  assert small.schedule.lr_decay_epoch == full.schedule.lr_decay_epoch / 10 == 5.0
+  entry = small.search_space.lr_decay_epoch
+  assert (entry.low, entry.high, entry.step) == (1, 10, 1)
+
+
+@pytest.mark.parametrize("mutate,key", [
+    (lambda c: setattr(c.search_space.lr, "key", "optimizer.lr"), "config.search_space.lr.key"),
+    (lambda c: setattr(c.search_space.lr, "low", 0.0), "config.search_space.lr.low"),
+    (lambda c: setattr(c.search_space.lr, "type", "gaussian"), "config.search_space.lr.type"),
+    (lambda c: setattr(c.hpo, "validation_fraction", None), "config.validation_fraction"),
+    (lambda c: setattr(c.hpo, "pruner", "psychic"), "config.hpo.pruner"),
+    (lambda c: setattr(c.hpo, "grace_period", 30), "config.hpo.grace_period"),
+])
+def test_bad_search_config_names_its_key(mutate, key):
+  config = tiny_config()
+  mutate(config)
+  with pytest.raises(ConfigError) as e:
+    hpo.validate(config, device_count=1)
+  assert e.value.key == key
+
+
+def test_bad_storage_and_trials_name_their_flag(tmp_path):
+  with pytest.raises(ConfigError, match="--storage"):
+    hpo.run_worker(tiny_config(), study_name="s", trials=1, workdir=str(tmp_path),
+                   storage="mongodb://localhost/hpo")
+  with pytest.raises(ConfigError, match="--trials"):
+    hpo.run_worker(tiny_config(), study_name="s", trials=0, workdir=str(tmp_path))
+  assert not os.path.exists(tmp_path / "s")
+
+
+# --- SQLite: one worker in this process ----------------------------------------------------------
+
+def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(tmp_path):
+  workdir = str(tmp_path)
+  storage = hpo.default_storage(workdir)
+  config = tiny_config()
+  config.search_space.lr.high = 1e7  # wide enough to hold a diverging point
+  config.hpo.pruner = "median"
+  config.hpo.pruner_startup_trials = 1
+  # Queue a good, a hopeless and a diverging point, so the outcome of each trial is known.
+  settings = hpo.settings(config)
+  study = hpo.load_or_create_study(config, "sgd_32", hpo.open_storage(storage, settings),
+                                   settings)
+  for point in (GOOD, BAD, dict(GOOD, lr=1e6)):
+    study.enqueue_trial(point)
+  counts = hpo.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir)
+  assert counts == {"complete": 1, "pruned": 1, "diverged": 1, "failed": 0, "running": 0,
+                    "waiting": 0}
+
+  trials = by_number(optuna.load_study(study_name="sgd_32", storage=storage))
+  assert sorted(trials) == [0, 1, 2]
+  good, bad, wild = trials[0], trials[1], trials[2]
+  assert good.state == TrialState.COMPLETE and good.params == pytest.approx(GOOD)
+  # The trial trained the suggested config on the validation split ...
+  with open(os.path.join(good.user_attrs["workdir"], "config.json")) as f:
+    saved = json.load(f)
+  assert saved["optimizer"]["learning_rate"] == GOOD["lr"]
+  assert saved["optimizer"]["momentum"] == GOOD["momentum"]
+  assert saved["schedule"]["lr_decay_epoch"] == GOOD["lr_decay_epoch"]
+  assert saved["validation_fraction"] == 0.1
+  # ... reported every validation accuracy, and its value is the best of them.
+  records = [r for r in metrics_lib.read_metrics(good.user_attrs["workdir"])
+             if "validation_accuracy" in r]
+  assert [r["step"] for r in records] == [20, 40]
+  assert good.intermediate_values == {r["step"]: r["validation_accuracy"] for r in records}
+  assert good.value == max(r["validation_accuracy"] for r in records) > 0.5
+  assert good.user_attrs["status"] == "completed"
+  # The hopeless point was stopped by the median pruner at its first evaluation.
+  assert bad.state == TrialState.PRUNED and bad.user_attrs["status"] == "pruned"
+  assert list(bad.intermediate_values) == [20]
+  assert bad.intermediate_values[20] < good.intermediate_values[20]
+  assert metrics_lib.read_status(bad.user_attrs["workdir"])["status"] == "stopped"
+  # The diverging point is recorded as diverged, not as a crash.
+  assert wild.state == TrialState.PRUNED and wild.user_attrs["status"] == "diverged"
+  status = metrics_lib.read_status(wild.user_attrs["workdir"])
+  assert status["status"] == "diverged" and wild.user_attrs["diverged_step"] == status["step"]
+  # Checkpoints of finished trials are removed (hpo.keep_trial_checkpoints = False), metrics kept.
+  assert not os.path.exists(os.path.join(good.user_attrs["workdir"], "checkpoints"))
+
+  # --trials is the study's total: another worker finds nothing left to do.
+  assert hpo.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir) == counts
+  # A worker with another config is refused before it trains.
+  with pytest.raises(ConfigError, match="different config"):
+    hpo.run_worker(tiny_config(num_epochs=2.0), study_name="sgd_32", trials=4, workdir=workdir)
+  # A second optimizer's study, created and not yet run, gets its own section.
+  adam = seed002_adam.get_config("bs=2048,data=digits")
+  hpo.load_or_create_study(adam, "adam_2048", hpo.open_storage(storage, settings), settings)
+
+  out = str(tmp_path / "report")
+  text, rows = hpo.report(storage, None, out)
+  assert sorted((r["optimizer"], r["batch_size"]) for r in rows) == [("adam", 2048), ("sgd", 32)]
+  lines = text.splitlines()
+  headers = [l.strip("| ").split(" | ") for l in lines if l.startswith("| batch size")]
+  assert headers == [
+      ["batch size", "val-acc", "α", "α-decay", "α-decay-epoch", "β1", "trial",
+       "complete/pruned/diverged/failed", "study"],
+      ["batch size", "val-acc", "weight decay", "lr", "lr-decay", "lr-decay-epoch", "momentum",
+       "trial", "complete/pruned/diverged/failed", "study"]]
+  assert lines.index("### Adam") < lines.index("### Momentum SGD")
+  row = next(l for l in lines if l.startswith("| 32 |")).strip("| ").split(" | ")
+  assert float(row[1]) == pytest.approx(good.value, rel=1e-5)
+  assert [float(v) for v in row[2:7]] == pytest.approx(
+      [GOOD[k] for k in ("weight_decay", "lr", "lr_decay", "lr_decay_epoch", "momentum")],
+      rel=1e-5)
+  assert row[7:] == ["0", "1/1/1/0", "sgd_32"]
+  row = next(l for l in lines if l.startswith("| 2048 |")).strip("| ").split(" | ")
+  assert row == ["2048", "—", "", "", "", "", "—", "0/0/0/0", "adam_2048"]
+  with open(os.path.join(out, "hpo_report.md")) as f:
+    assert f.read() == text
+  # History plots; importances need two completed trials.
+  pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
+  assert pngs == ["adam_2048_history.png", "sgd_32_history.png"]
+  assert "sgd_32: no importance plot (1 completed trial(s), needs 2)" in text
+  for name in pngs:
+    with open(os.path.join(out, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --- PostgreSQL: worker processes sharing one study -----------------------------------------------
+
+def _pg_binary(name):
+  found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+  return found[-1] if found else shutil.which(name)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+  """A PostgreSQL server on 127.0.0.1 in a temporary directory; yields its database URL."""
+  initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+  if not (initdb and pg_ctl):
+    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install the OS package "
+                "(apt-get install -y postgresql; .ci/run does)")
+  root = tempfile.mkdtemp(prefix="lbjax_pg_")
+  as_user = []
+  if os.geteuid() == 0:  # the server refuses to run as root
+    try:
+      user = pwd.getpwnam("postgres")
+    except KeyError:
+      pytest.fail("running as root needs the `postgres` user that the OS package creates")
+    os.chown(root, user.pw_uid, user.pw_gid)
+    as_user = ["runuser", "-u", "postgres", "--"]
+  data, log, port = os.path.join(root, "data"), os.path.join(root, "server.log"), _free_port()
+  try:
+    subprocess.run(as_user + [initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, text=True)
+    subprocess.run(as_user + [pg_ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, text=True)
+  except subprocess.CalledProcessError as e:
+    server_log = open(log).read() if os.path.exists(log) else ""
+    pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}\n{server_log}")
+  import psycopg2  # pylint: disable=g-import-not-at-top
+  conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+  conn.autocommit = True
+  conn.cursor().execute("CREATE DATABASE hpo")
+  conn.close()
+  try:
+    yield f"postgresql://postgres@127.0.0.1:{port}/hpo"
+  finally:
+    subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def start_worker(study, storage, trials, workdir, log_path):
+  """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
+  cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
+         *overrides, "--config.hpo.heartbeat_interval=1", "--config.hpo.grace_period=3",
+         "--config.hpo.n_startup_trials=1",
+         f"--study={study}", f"--storage={storage}", f"--trials={trials}", f"--workdir={workdir}"]
+  with open(log_path, "w") as log:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def workers_of(study):
+  """Trial number → pid of the worker that ran (or runs) it."""
+  return {t.number: int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.get_trials()
+          if "worker" in t.user_attrs}
+
+
+def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_path):
+  """Two worker processes pull trials of one study; one is killed mid-trial (SIGKILL: no chance
+  to clean up). Its trial goes stale, is marked FAIL and retried with the same parameters, and
+  the other worker finishes the study: exactly N trials that did not fail, unique ids."""
+  n = 2
+  logs = [str(tmp_path / f"worker{i}.log") for i in range(2)]
+  runs = str(tmp_path / "runs")
+  victim = start_worker("sgd_pg", postgres, n, runs, logs[0])
+  survivor = start_worker("sgd_pg", postgres, n, runs, logs[1])
+  storage = optuna.storages.RDBStorage(hpo.storage_url(postgres))
+  deadline, killed = time.time() + 900, None
+  try:
+    while killed is None:
+      assert time.time() < deadline and victim.poll() is None and survivor.poll() is None, (
+          "both workers never ran a trial at once:\n" + open(logs[0]).read()[-3000:] +
+          "\n----\n" + open(logs[1]).read()[-3000:])
+      time.sleep(0.5)
+      if "sgd_pg" not in optuna.study.get_all_study_names(storage):
+        continue
+      study = optuna.load_study(study_name="sgd_pg", storage=storage)
+      running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+      owners = workers_of(study)
+      mine = [k for k in running if owners.get(k) == victim.pid]
+      if mine and any(owners.get(k) == survivor.pid for k in running):
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed = mine[0]
+    rc = survivor.wait(timeout=max(1, deadline - time.time()))
+  finally:
+    for proc in (victim, survivor):
+      if proc.poll() is None:
+        proc.kill()
+  assert rc == 0, open(logs[1]).read()[-4000:]
+
+  study = optuna.load_study(study_name="sgd_pg", storage=storage)
+  trials = by_number(study)
+  assert len({t._trial_id for t in trials.values()}) == len(trials)
+  assert sorted(trials) == list(range(len(trials)))
+  # The killed trial failed and was retried, once, with its parameters and its workdir.
+  assert trials[killed].state == TrialState.FAIL
+  (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
+  assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+  assert retry.params == trials[killed].params
+  assert retry.user_attrs["workdir"] == trials[killed].user_attrs["workdir"]
+  owners = workers_of(study)
+  assert owners[retry.number] == survivor.pid
+  # Both workers ran trials of the one study, which holds exactly N that did not fail.
+  assert victim.pid in owners.values()
+  finished = [t for t in trials.values() if t.state != TrialState.FAIL]
+  assert len(finished) == n and len(trials) == n + 1
+  assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished)
+  # The study stays usable: a report reads it.
+  text, rows = hpo.report(postgres, ["sgd_pg"], str(tmp_path / "report"))
+  assert rows[0]["counts"]["failed"] == 1 and "| 32 |" in text
