@@ -4,8 +4,9 @@ r"""The large-batch mini-study on the embedded digits (`configs/digits_study.py`
 
 1. runs the six runs of the config's sweep (`experiments.run`: finished runs are skipped, so a
    rerun only re-prints);
-2. prints one table — method, batch, optimizer, optimizer steps, test accuracy, test loss,
-   seconds — and writes the learning curves (`experiments.report`);
+2. prints one table — method, batch, optimizer (its learning rate after linear scaling),
+   optimizer steps, test accuracy, test loss, seconds — and writes the learning curves
+   (`experiments.report`);
 3. writes ``ROOT/interpolation.png``: θ(α) = (1−α)θ_SB + αθ_LB between the small- and large-batch
    SGD solutions, α from −1 to 2, BatchNorm recomputed at every α (seed 001 Fig. 3,
    `lbjax.analysis.interpolation`), and prints the curve.
@@ -29,6 +30,7 @@ from absl import logging
 from configs import digits_study
 from experiments import report as report_lib
 from experiments import run as run_lib
+from lbjax import schedules
 from lbjax.errors import ConfigError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -43,8 +45,9 @@ def _optimizer(config: dict) -> str:
     extra.append(f"SmoothOut s={config['smoothout.scale']:g}")
   if config.get("swap.enabled"):
     extra.append(f"SWAP {config['swap.num_replicas']}×SGD@{config['swap.batch_size']}")
-  return f"{name} lr={config['optimizer.learning_rate']:g}" + (f" + {', '.join(extra)}"
-                                                               if extra else "")
+  lr = schedules.scaled_learning_rate(config["optimizer.learning_rate"], config["batch_size"],
+                                     config.get("schedule.base_batch_size"))
+  return f"{name} lr={lr:g}" + (f" + {', '.join(extra)}" if extra else "")
 
 
 def table(root: str, seconds: dict[str, float]) -> str:

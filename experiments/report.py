@@ -267,7 +267,8 @@ def plot_curves(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   ncols = len(table.columns)
-  fig, axes = plt.subplots(2, ncols, figsize=(4.5 * ncols, 6.5), squeeze=False, sharex="col")
+  fig, axes = plt.subplots(2, ncols, figsize=(max(4.5 * ncols, 8), 6.5), squeeze=False,
+                           sharex="col")
   colors = plt.get_cmap("tab10")
   for j, (col, _) in enumerate(table.columns):
     for i, (row, _) in enumerate(table.rows):
@@ -288,9 +289,9 @@ def plot_curves(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
     if len(h) > len(handles):
       handles, labels = h, l
   if handles:
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=7)
   fig.suptitle(table.title, fontsize=9)
-  fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(table.rows) // 4), 1, 0.96))
+  fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(table.rows) / 3), 1, 0.96))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

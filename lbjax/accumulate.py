@@ -139,7 +139,8 @@ def accumulate(fn: Callable, micro_batch_size: Optional[int]) -> Callable:
     if n == 1:
       return fn(batch)
     micro = split(batch, n)
-    like = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro))
+    like = jax.eval_shape(fn, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                           micro))
 
     def body(total, one):
       return add(total, fn(one)), None
@@ -177,8 +178,8 @@ def host_step(parts: StepParts, micro_batch_size: Optional[int], *, axis_name: s
   replicated = jax.NamedSharding(jax.sharding.Mesh(np.array(local), (axis_name,)),
                                  jax.P(axis_name))
 
-  def like(state, batch, size):
-    return jax.eval_shape(parts.terms, state, micro_batch(batch, 0, size))
+  def like(state, batch, size):  # shapes and dtypes of one micro-batch's terms
+    return jax.eval_shape(lambda s, b: parts.terms(s, micro_batch(b, 0, size)), state, batch)
 
   p_zeros = pmap(lambda state, batch, size: zeros_like_sum(like(state, batch, size)),
                  static_broadcasted_argnums=(2,))

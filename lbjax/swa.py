@@ -149,7 +149,7 @@ def averaged_params(opt_state: Any) -> tuple[optax.Params, jax.Array]:
   return opt_state.average, opt_state.count
 
 
-# BatchNorm recompute -----------------------------------------------------------------------------
+# BatchNorm recompute ------------------------------------------------------------------------
 
 
 def batch_moments(model: nn.Module, params, batch_stats, images, *,

@@ -1,4 +1,4 @@
-r"""SWAP, stochastic weight averaging in parallel (Gupta, Serrano & DeCoste, ICLR 2020; seed 000 §3.1).
+r"""SWAP, stochastic weight averaging in parallel (Gupta, Serrano & DeCoste 2020; seed 000 §3.1).
 
 One run, three phases (``config.swap.enabled``):
 
@@ -139,7 +139,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
     raise ConfigError(_phase2_key(e.key), message) from None
 
 
-# Phase 2: K replicas as one vmap -------------------------------------------------------------------
+# Phase 2: K replicas as one vmap ------------------------------------------------------------
 
 
 def make_replicas_step(exp: train.Experiment) -> Callable:
@@ -180,8 +180,8 @@ def _split(tree, num_devices: int, inner_axis: bool = True):
   return jax.tree.map(split, tree)
 
 
-def _merge(tree):
-  """Device ``[D, K/D, 1, ...]`` → host ``[K, ...]``."""
+def replicas_from_devices(tree):
+  """Device ``[D, K/D, 1, ...]`` (as `train_replicas` yields them) → host ``[K, ...]``."""
   return jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[3:]), jax.device_get(tree))
 
 
@@ -235,9 +235,6 @@ def train_replicas(exp: train.Experiment, replicas: train.TrainState, seeds: Seq
     yield step, states, metrics
 
 
-replicas_from_devices = _merge
-
-
 def evaluate_replicas(exp: train.Experiment, replicas: train.TrainState, split, *,
                       batch_size: int, devices: Optional[Sequence[jax.Device]] = None
                       ) -> dict[str, np.ndarray]:
@@ -255,7 +252,7 @@ def evaluate_replicas(exp: train.Experiment, replicas: train.TrainState, split, 
   return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
 
-# Phase 3 ------------------------------------------------------------------------------------------
+# Phase 3 ------------------------------------------------------------------------------------
 
 
 def average_replicas(tree):
@@ -279,7 +276,7 @@ def averaged_model(exp: train.Experiment, replicas: train.TrainState, *, use_swa
                                                         jax.device_get(batch_stats))}
 
 
-# The run -------------------------------------------------------------------------------------------
+# The run ------------------------------------------------------------------------------------
 
 
 def _last_eval(workdir: str) -> dict[str, float]:

@@ -7,7 +7,6 @@ back through the dynamics as they would in training.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -32,7 +31,7 @@ def mask_of(tree):
 
 
 class NoisyQuadratic:
-  """``g_t(w) = a ⊙ w + ξ_t`` with fixed curvature ``a`` in [0.5, 2] and fresh ``ξ_t ~ N(0, σ²)``."""
+  """``g_t(w) = a ⊙ w + ξ_t``: fixed curvature ``a`` in [0.5, 2], fresh ``ξ_t ~ N(0, σ²)``."""
 
   def __init__(self, seed: int, steps: int, sigma: float = 0.5):
     rng = np.random.default_rng(seed + 1000)

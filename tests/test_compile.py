@@ -29,6 +29,15 @@ BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 LBJAX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(train.__file__))), "lbjax")
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache():
+  """tests/conftest.py turns on JAX's persistent compilation cache; a hit there is no compile,
+  so it is off here, where compiles are counted."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
+
+
 class CompileCounter:
   """Counts XLA compilations by the lbjax line that caused them (``with CompileCounter() as c``).
 

@@ -58,7 +58,8 @@ def np_patches(x, k, stride, pads):
   out = np.zeros((b, oh, ow, k[0] * k[1] * c))
   for i in range(oh):
     for j in range(ow):
-      out[:, i, j] = x[:, i * stride:i * stride + k[0], j * stride:j * stride + k[1], :].reshape(b, -1)
+      window = x[:, i * stride:i * stride + k[0], j * stride:j * stride + k[1], :]
+      out[:, i, j] = window.reshape(b, -1)
   return out
 
 

@@ -1,9 +1,10 @@
-"""K-FAC in the real train step and launcher: device-count invariance, LeNet5 and a ResNet on digits."""
+"""K-FAC in the real train step and the launcher: 1 vs 4 devices, LeNet5 and a ResNet on digits."""
 
 import os
 import subprocess
 import sys
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def run_steps(config, num_devices, steps):
   exp = train.build(config)
   devices = jax.devices()[:num_devices]
   step_fn = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=devices)
-  state = jax.device_put_replicated(exp.init_state(), devices)
+  state = flax.jax_utils.replicate(exp.init_state(), devices)
   for step in range(steps):
     state, metrics = step_fn(state, exp.train_batch(step, local_device_count=num_devices))
   assert np.all(np.isfinite(jax.device_get(metrics["loss"])))
@@ -94,9 +95,12 @@ def test_lenet5_kfac_reaches_sgd_accuracy_on_digits(tmp_path):
 
 
 def test_resnet_kfac_trains_through_the_launcher_on_four_devices(tmp_path):
+  """ResNet (BatchNorm: momentum SGD for its scale/bias) with the sampled Fisher, 2 epochs."""
   accuracy = launch("--config=configs/seed002_kfac.py:bs=128", f"--workdir={tmp_path / 'resnet'}",
                     "--config.model.name=resnet_tiny", "--config.image_size=16",
-                    "--config.batch_size=64", "--config.num_epochs=1",
-                    "--config.optimizer.learning_rate=0.01", *DIGITS_FLAGS[:1],
-                    *DIGITS_FLAGS[2:], devices=4)
-  assert accuracy > 0.3  # 10 classes: chance is 0.1
+                    "--config.batch_size=64", "--config.num_epochs=2",
+                    "--config.optimizer.learning_rate=0.01", "--config.optimizer.damping=0.01",
+                    "--config.optimizer.fisher=sampled", *DIGITS_FLAGS[:1], *DIGITS_FLAGS[2:],
+                    devices=4)
+  print(f"resnet_tiny, K-FAC, 2 epochs on 4 devices: test accuracy {accuracy:.4f}")
+  assert accuracy > 0.5  # 10 classes: chance is 0.1

@@ -5,7 +5,8 @@ import numpy as np
 import optax
 
 from lbjax import optim
-from optim_reference import NoisyQuadratic, assert_trajectories_close, mask_of, random_tree, run, to64
+from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, random_tree,
+                             run, to64)
 
 STEPS = 150
 MU = 0.9

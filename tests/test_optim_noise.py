@@ -12,7 +12,8 @@ import pytest
 
 from lbjax import optim
 from lbjax import schedules
-from optim_reference import NoisyQuadratic, assert_trajectories_close, mask_of, random_tree, run, to64
+from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, random_tree,
+                             run, to64)
 
 STEPS = 120
 

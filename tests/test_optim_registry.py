@@ -1,4 +1,4 @@
-"""Selecting the optimizers of issue 4 from a config: names, hyperparameters, noise, WD switch-off."""
+"""Choosing issue 4's optimizers from a config: names, hyperparameters, noise, WD switch-off."""
 
 import inspect
 
@@ -71,8 +71,9 @@ def test_noise_block_appends_uniform_noise():
   quiet = registry.from_config(config("sgd"), optax.constant_schedule(0.1), 10)
   noisy = registry.from_config(config("sgd", **{"noise.scale": 0.01}),
                                optax.constant_schedule(0.1), 10)
+  is_state = lambda x: isinstance(x, tuple)
   assert not any(isinstance(s, AddUniformNoiseState)
-                 for s in jax.tree.leaves(quiet.init(params), is_leaf=lambda x: isinstance(x, tuple)))
+                 for s in jax.tree.leaves(quiet.init(params), is_leaf=is_state))
   state = noisy.init(params)
   assert isinstance(state[-1], AddUniformNoiseState)
   updates, _ = noisy.update(params, state, params)

@@ -1,7 +1,5 @@
 """Learning-rate, weight-decay and noise schedules against their closed forms."""
 
-import math
-
 import ml_collections
 import numpy as np
 import pytest

@@ -136,6 +136,7 @@ def test_op_matches_pil_on_digits(name, images):
     if name in GEOMETRIC:
       h, w = batch.shape[1:3]
       ties = np.stack([_ties(name, float(m), h, w) for m in magnitudes])
+      assert ties.mean() < 0.01  # the exemption is narrow (0 for shear/translate, 0.4 % rotate)
       ties = np.broadcast_to(ties[:, None, :, :, None], diff.shape)
       assert not np.any((diff > 0) & ~ties), f"{name}: mismatch away from a pixel edge"
     elif name in BLENDS:

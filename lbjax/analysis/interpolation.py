@@ -193,7 +193,7 @@ def plot(curves: Sequence[dict[str, np.ndarray]], titles: Sequence[str], path: s
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.3), squeeze=False)
   loss_max = max(float(np.nanmax(np.minimum(np.concatenate([c["train_loss"], c["test_loss"]]),
                                             1e3))) for c in curves)
   for ax, curve, title in zip(axes[0], curves, titles):
@@ -213,10 +213,10 @@ def plot(curves: Sequence[dict[str, np.ndarray]], titles: Sequence[str], path: s
     for marker in ((0.0, 1.0) if key == "alpha" else (0.0,)):
       ax.axvline(marker, color="0.8", lw=0.8, zorder=0)
     ax.set_title(title, fontsize=9)
-    lines = ax.get_lines()[:2] + acc.get_lines()
-    ax.legend(lines, [l.get_label() for l in lines], fontsize=7, loc="upper center")
+  lines = axes[0, 0].get_lines()[:2] + fig.axes[-1].get_lines()
+  fig.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="lower center", ncol=4)
   if suptitle:
     fig.suptitle(suptitle, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)

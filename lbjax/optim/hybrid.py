@@ -1,4 +1,4 @@
-"""Seed 003's hybrid of AdamW, RAdam and AdaBelief (§3, eqs. (6), (8), (9), (11)–(13), (16), (19)–(20))."""
+"""Seed 003's hybrid of AdamW, RAdam and AdaBelief (§3; eqs. (6), (8)–(13), (16), (19)–(20))."""
 
 import math
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -94,9 +94,11 @@ def scale_by_hybrid(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     del params
     count = optax.safe_increment(state.count)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    belief = jax.tree.map(lambda g, m: g - m, updates, mu)
-    nu = optax.tree.update_moment_per_elem_norm(belief, state.nu, b2, 2)
-    nu = jax.tree.map(lambda v: v + eps, nu)
+    # Eq. (16) in one pass, with ε added to the new term before the sum: XLA:CPU then updates
+    # v_t in place. Written as (β₂ v + (1-β₂)(g-m)²) + ε it copies v and recomputes it for the
+    # update, per tensor: 3x the update time on ResNet-18 (benchmarks/hybrid_vs_adamw.py).
+    nu = jax.tree.map(lambda g, m, v: b2 * v + ((1.0 - b2) * jnp.square(g - m) + eps),
+                      updates, mu, state.nu)
     c1, c2 = one_minus_power(b1, count), one_minus_power(b2, count)
     rho = rectifier_length(b2, count)
     gamma = rectifier(b2, rho)

@@ -1,9 +1,10 @@
 r"""K-FAC: a block-diagonal Kronecker-factored natural-gradient preconditioner (seed 002 §2.5).
 
 Seed 002 (Naganuma, Iwase, Kaku, Nakata & Yokota, "自然勾配近似法を用いた大規模並列深層学習における
-ハイパーパラメータ最適化") trains with the natural gradient, eq. (3) ``w ← w − ε F⁻¹∇L``, where the
-Fisher ``F`` is approximated block-diagonally by layer (eq. (9)) and each block by a Kronecker product
-(Martens & Grosse 2015), so its inverse is the product of two small inverses (eqs. (10)–(12)):
+ハイパーパラメータ最適化") trains with the natural gradient, eq. (3) ``w ← w − ε F⁻¹∇L``, where
+the Fisher ``F`` is approximated block-diagonally by layer (eq. (9)) and each block by a Kronecker
+product (Martens & Grosse 2015), so its inverse is the product of two small inverses
+(eqs. (10)–(12)):
 
 .. math::
 
@@ -20,7 +21,8 @@ For every covered layer (a ``kernel`` of shape ``[..., d_out]`` with an optional
 
   .. math::
 
-    A = \tfrac{1}{BT} \sum_{n,t} a_{n,t} a_{n,t}^T, \qquad G = \tfrac{1}{B} \sum_{n,t} g_{n,t} g_{n,t}^T .
+    A = \tfrac{1}{BT} \sum_{n,t} a_{n,t} a_{n,t}^T, \qquad
+    G = \tfrac{1}{B} \sum_{n,t} g_{n,t} g_{n,t}^T .
 
   ``T = 1`` for a dense layer. (kfac-jax writes the same block as ``T · A ⊗ (G / T)``.)
 * Exponential moving averages with ``ρ = cov_ema_decay``, bias-corrected like Adam's moments (and
@@ -100,31 +102,21 @@ def conv_patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int
 
   A patch is ordered ``(*kernel offset, channel)``, the order of a flax kernel
   ``[*kernel_size, c_in, c_out]`` reshaped to ``[-1, c_out]``, so ``patch @ kernel`` is the
-  convolution's output at that location (without bias).
+  convolution's output at that location (without bias). 1 to 3 spatial dimensions.
   """
-  x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-  spatial = x.shape[1:-1]
-  out = [(n - k) // s + 1 for n, k, s in zip(spatial, kernel_size, strides)]
-  slices = []
-  for offset in _offsets(kernel_size):
-    index = tuple(slice(o, o + (m - 1) * s + 1, s) for o, m, s in zip(offset, out, strides))
-    slices.append(x[(slice(None), *index, slice(None))])
-  patches = jnp.stack(slices, axis=-2)  # [batch, *out, prod(kernel_size), c]
-  return patches.reshape(-1, math.prod(kernel_size) * x.shape[-1])
-
-
-def _offsets(kernel_size: Sequence[int]):
-  if not kernel_size:
-    yield ()
-    return
-  for i in range(kernel_size[0]):
-    for rest in _offsets(kernel_size[1:]):
-      yield (i, *rest)
+  spatial = "DHW"[-len(kernel_size):]
+  lhs = f"N{spatial}C"
+  patches = lax.conv_general_dilated_patches(
+      x, tuple(kernel_size), tuple(strides), tuple(padding),
+      dimension_numbers=(lhs, f"OI{spatial}", lhs), precision=_HIGHEST)
+  # lax orders a patch (channel, *offset).
+  c, k = x.shape[-1], math.prod(kernel_size)
+  return jnp.swapaxes(patches.reshape(-1, c, k), 1, 2).reshape(-1, k * c)
 
 
 def conv_input_factor(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
                       padding: Sequence[tuple[int, int]], has_bias: bool) -> jax.Array:
-  """A of a convolution (KFC): the second moment of its input patches over examples and locations."""
+  """A of a convolution (KFC): the second moment of its patches over examples and locations."""
   return _second_moment(conv_patches(x, kernel_size, strides, padding), has_bias)
 
 
@@ -291,7 +283,8 @@ def precondition(kernel_grad: jax.Array, bias_grad: Optional[jax.Array], a_inv: 
     block = jnp.concatenate([block, bias_grad[None]], axis=0)
   block = jnp.matmul(jnp.matmul(a_inv, block.astype(a_inv.dtype), precision=_HIGHEST), g_inv,
                      precision=_HIGHEST)
-  new_kernel = block[:kernel_grad.size // d_out].reshape(kernel_grad.shape).astype(kernel_grad.dtype)
+  new_kernel = block[:kernel_grad.size // d_out].reshape(kernel_grad.shape)
+  new_kernel = new_kernel.astype(kernel_grad.dtype)
   new_bias = None if bias_grad is None else block[-1].astype(bias_grad.dtype)
   return new_kernel, new_bias
 
@@ -329,10 +322,11 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_de
     damping: see :func:`scale_by_kfac` (default 1e-3).
     inverse_update_period: see :func:`scale_by_kfac` (default 1).
     fisher: how the train step estimates G (``lbjax/optim/kfac_capture.py``): ``"empirical"``
-      (default) uses the gradient of the training loss with the true labels, free in the training
-      backward pass (as the seed's ChainerMN K-FAC collects it); ``"sampled"`` uses labels drawn
-      from the model's predictive distribution (the true Fisher, kfac-jax's default), one more
-      backward pass from the logits to the layer outputs. Not used by the transformation itself.
+      (default) uses the per-example gradients of the training loss with the true labels, free
+      in the training backward pass; ``"sampled"`` uses labels drawn from the model's predictive
+      distribution (the true Fisher; kfac-jax's default "fisher_gradients"), at the cost of one
+      more backward pass from the logits to the layer outputs. (kfac-jax's "fisher_empirical" is
+      this empirical G divided once more by the batch size.) Not used by the transformation.
     mask: pytree (or callable) of booleans selecting the tensors that get weight decay.
 
   Returns:

@@ -15,10 +15,10 @@ Nothing changes for the model code (``lbjax/models/layers.py`` creates the layer
 nothing is captured outside :func:`make_capture`: SGD, evaluation and every other optimizer run the
 model without the interceptor, at no cost.
 
-Covered: ``nn.Dense`` (extra leading axes count as locations) and 2-D or N-D ``nn.Conv`` without
+Covered: ``nn.Dense`` (extra leading axes count as locations) and 1-D to 3-D ``nn.Conv`` without
 feature groups, dilation, mask or ``CIRCULAR``/``CAUSAL`` padding. Other layers are not captured;
-their parameters keep the identity preconditioner, i.e. plain momentum SGD. A layer applied more than
-once per step (weight sharing) is refused.
+their parameters keep the identity preconditioner, i.e. plain momentum SGD. A layer applied more
+than once per step (weight sharing) is refused.
 """
 
 from typing import Callable, Optional
@@ -46,7 +46,7 @@ def _conv_geometry(module: nn.Conv, x: jax.Array):
   """``(kernel_size, strides, explicit padding)`` of a supported convolution call, else None."""
   kernel_size = tuple(module.kernel_size)
   n = len(kernel_size)
-  if (module.feature_group_count != 1 or module.mask is not None or x.ndim != n + 2
+  if (module.feature_group_count != 1 or module.mask is not None or x.ndim != n + 2 or n > 3
       or any(d != 1 for d in _tuple(module.kernel_dilation, n))
       or any(d != 1 for d in _tuple(module.input_dilation, n))):
     return None
