@@ -3,7 +3,9 @@
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# A loaded machine can delay one simulated device past XLA's default collective timeout, which
+# aborts the process (SIGABRT) with no Python traceback; give collectives 20 minutes instead.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

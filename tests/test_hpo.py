@@ -252,7 +252,7 @@ def postgres():
 
 def start_worker(study, storage, trials, workdir, log_path):
   """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_collective_call_terminate_timeout_seconds=1200",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",

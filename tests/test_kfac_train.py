@@ -66,7 +66,7 @@ def test_one_and_four_devices_give_the_same_result(model, fisher):
 
 def launch(*args, devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   run = subprocess.run([sys.executable, "-m", "lbjax.main", *args, "--config.progress_bar=False"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
