@@ -94,8 +94,6 @@ def test_lenet5_kfac_reaches_sgd_accuracy_on_digits(tmp_path):
   assert kfac >= 0.8
 
 
-@pytest.mark.xfail(reason="issue #5 open: this launcher subprocess aborted (SIGABRT, exit -6) in "
-                   "the last run on the loaded CI machine; not yet diagnosed", strict=False)
 def test_resnet_kfac_trains_through_the_launcher_on_four_devices(tmp_path):
   """ResNet (BatchNorm: momentum SGD for its scale/bias) with the sampled Fisher, 2 epochs."""
   accuracy = launch("--config=configs/seed002_kfac.py:bs=128", f"--workdir={tmp_path / 'resnet'}",
