@@ -179,7 +179,7 @@ def validate(runs: list[Run], device_count: int) -> None:
     try:
       config_lib.validate(run.config, device_count=device_count)
     except ConfigError as e:
-      raise ConfigError(e.key, f"{e} (run {run.name})") from None
+      raise ConfigError(e.key, f"{str(e)[len(e.key) + 2:]} (run {run.name})") from None
 
 
 def record_sweep(root: str, spec: str, runs: list[Run]) -> None:

@@ -5,9 +5,8 @@ run's ``config.json`` must hold (floats compared with a relative tolerance of 1e
 ``"run"`` matches the run's directory name without its ``,seed=N`` suffix). A run belongs to the
 cell whose row and column both match; several runs in a cell are seeds (mean ± std).
 
-The seed numbers live beside the sweeps that reproduce them (``configs/seed00X_*.py``), except
-seed 000's, whose config belongs to the SWAP configs; `TABLES` maps a name to a builder, and
-`for_config` picks the table of a config file.
+The seed numbers live beside the sweeps that reproduce them (``configs/seed00X_*.py``);
+`TABLES` maps a name to a builder, and `for_config` picks the table of a config file.
 """
 
 import dataclasses
@@ -41,19 +40,15 @@ class Table:
   configs: tuple[str, ...] = ()
 
 
-# Seed 000 Table 1: SWAP test accuracy (%), mean of 10 runs, phase 1 with SGD or LARS.
-SEED000_TABLE1 = {"sgd": (93.22, 92.48, 85.79), "lars": (94.60, 94.07, 91.67)}
-SEED000_BATCH_SIZES = (4096, 8192, 16384)
-
-
 def seed000_table1() -> Table:
+  from configs import seed000_swap as cfg  # pylint: disable=g-import-not-at-top
   rows = (("SGD", {"optimizer.name": "sgd"}), ("LARS", {"optimizer.name": "lars"}))
-  columns = tuple((f"BS{bs}", {"batch_size": bs}) for bs in SEED000_BATCH_SIZES)
-  seed = {(label, f"BS{bs}"): SEED000_TABLE1[label.lower()][i]
-          for label, _ in rows for i, bs in enumerate(SEED000_BATCH_SIZES)}
+  columns = tuple((f"BS{bs}", {"batch_size": bs}) for bs in cfg.BATCH_SIZES)
+  seed = {(label, f"BS{bs}"): cfg.SEED_TABLE[(label.lower(), bs)]
+          for label, _ in rows for bs in cfg.BATCH_SIZES}
   return Table("seed000_table1", "Seed 000 Table 1: SWAP test accuracy (%), ResNet18, CIFAR-10",
                "optimizer (phase 1)", rows, columns, seed,
-               configs=("python -m experiments.run --config=configs/seed000_swap.py "
+               configs=("python -m experiments.run --config=configs/seed000_swap.py:seeds=10 "
                         "--root=ROOT --data_dir=DIR",))
 
 

@@ -95,3 +95,17 @@ def test_batchnorm_statistics_are_recomputed_for_the_weights_evaluated():
   assert fixed(state.params, garbage)["test_loss"] != pytest.approx(recomputed["test_loss"],
                                                                     rel=1e-3)
   assert len(evaluator.splits["train"]["label"]) == 64
+
+
+def test_random_direction_curves_centre_on_each_solution(tmp_path):
+  dirs = [experiment_runs.workdir("seed=0"), experiment_runs.workdir("seed=1")]
+  result = interpolate_cli.run(dirs[0], dirs[1], str(tmp_path / "sharp.png"), mode="random",
+                               radius=0.5, num_points=3, sharpness_radius=0.5)
+  assert len(result["curves"]) == 2
+  for workdir, curve, sharp in zip(dirs, result["curves"], result["sharpness"]):
+    assert curve["t"] == [-0.5, 0.0, 0.5]
+    # At t = 0 the weights are the solution's own (LeNet-5 has no BatchNorm to recompute).
+    assert curve["test_loss"][1] == pytest.approx(metrics_lib.read_status(workdir)["test_loss"],
+                                                  rel=1e-5)
+    assert sharp == pytest.approx(max(curve["train_loss"]) - curve["train_loss"][1])
+    assert curve["train_loss"][0] != pytest.approx(curve["train_loss"][1], rel=1e-4)

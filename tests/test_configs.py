@@ -71,7 +71,7 @@ def _build(config):
 
 @pytest.mark.parametrize("path", _config_files())
 def test_config_and_every_sweep_run_validate_and_build(path, tmp_path):
-  runs = run_lib.plan(path, str(tmp_path), data_dir=FAKE_DATA_DIR)
+  runs = run_lib.plan(os.path.join(ROOT, path), str(tmp_path), data_dir=FAKE_DATA_DIR)
   assert runs, path
   for run in runs:
     config = run.config
@@ -88,7 +88,8 @@ def test_config_and_every_sweep_run_validate_and_build(path, tmp_path):
 
 def test_the_seed_configs_sweep_the_seeds_settings(tmp_path):
   def plan(spec):
-    return [r.config for r in run_lib.plan(spec, str(tmp_path), data_dir=FAKE_DATA_DIR)]
+    return [r.config for r in run_lib.plan(os.path.join(ROOT, spec), str(tmp_path),
+                                           data_dir=FAKE_DATA_DIR)]
 
   # Seed 001: VGG9, no preprocessing, BS 128 vs 8192, baseline + 10^-n noise with/without annealing.
   s001 = plan("configs/seed001_noise.py")

@@ -16,6 +16,8 @@ from lbjax.errors import ConfigError
 from tests import experiment_runs
 from tests import tiny_sweep_config
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_overrides_set_values_replace_blocks_and_name_runs():
   base = tiny_sweep_config.get_config()
@@ -163,3 +165,32 @@ def test_seed_tables_hold_the_seeds_numbers():
     table = build()
     assert table.name == name
     assert set(table.seed) <= {(r, c) for r, _ in table.rows for c, _ in table.columns}
+
+
+def _planned_runs(specs, tmp_path):
+  """RunResults (no status yet) of the runs the config specs would make."""
+  out = []
+  for spec in specs:
+    for run in run_lib.plan(os.path.join(ROOT, spec), str(tmp_path), data_dir="/nonexistent"):
+      out.append(report_lib.RunResult(run.name, run.workdir,
+                                      report_lib._flatten(json.loads(run.config.to_json())), None))
+  return out
+
+
+@pytest.mark.parametrize("table,specs,per_cell", [
+    ("seed000_table1", ["configs/seed000_swap.py:seeds=2"], 2),
+    ("seed001_noise", ["configs/seed001_noise.py"], 1),
+    ("seed001_smoothout", ["configs/seed001_noise.py:method=smoothout"], 1),
+    ("seed002_table1", [f"configs/seed002_{o}.py:bs={b}" for o in ("sgd", "adam", "kfac")
+                        for b in (128, 512, 2048)], 1),
+    ("seed003_table1", ["configs/seed003_ablation.py"], 1),
+    ("seed003_table2", ["configs/seed003_table2.py"], 1),
+    ("seed003_table3", ["configs/seed003_table3.py:seeds=3"], 3),
+])
+def test_each_seed_sweep_fills_its_table_exactly(table, specs, per_cell, tmp_path):
+  t = tables.TABLES[table]()
+  assert {tables.for_config(spec) for spec in specs} == {table}
+  cells, unplaced = report_lib.place(t, _planned_runs(specs, tmp_path))
+  assert not unplaced
+  assert {key: len(runs) for key, runs in cells.items()} == {key: per_cell for key in cells}
+  assert set(t.seed) <= set(cells)

@@ -40,19 +40,21 @@ from lbjax import train
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
+def _combine(ca: float, tree_a, cb: float, tree_b):
+  """``ca·a + cb·b`` leaf by leaf, computed in float64 and returned in ``a``'s dtypes."""
+  return jax.tree.map(
+      lambda a, b: (ca * np.asarray(a, np.float64) + cb * np.asarray(b, np.float64)).astype(
+          np.asarray(a).dtype), tree_a, tree_b)
+
+
 def interpolate(params_a, params_b, alpha: float):
   r""":math:`(1 - \alpha)\,\theta_a + \alpha\,\theta_b` leaf by leaf (in each leaf's dtype)."""
-  return jax.tree.map(
-      lambda a, b: ((1.0 - alpha) * np.asarray(a, np.float64)
-                    + alpha * np.asarray(b, np.float64)).astype(np.asarray(a).dtype),
-      params_a, params_b)
+  return _combine(1.0 - alpha, params_a, alpha, params_b)
 
 
 def add_direction(params, direction, t: float):
   r""":math:`\theta + t\,d` leaf by leaf."""
-  return jax.tree.map(
-      lambda p, d: (np.asarray(p, np.float64) + t * np.asarray(d, np.float64)).astype(
-          np.asarray(p).dtype), params, direction)
+  return _combine(1.0, params, t, direction)
 
 
 def filter_normalize(direction, params):
@@ -63,13 +65,14 @@ def filter_normalize(direction, params):
   """
 
   def normalize(d, p):
+    dtype = np.asarray(p).dtype
     d, p = np.asarray(d, np.float64), np.asarray(p, np.float64)
     if p.ndim <= 1:
-      return np.zeros_like(d, np.asarray(p).dtype)
+      return np.zeros(p.shape, dtype)
     axes = tuple(range(p.ndim - 1))
     d_norm = np.sqrt(np.sum(d * d, axis=axes, keepdims=True))
     p_norm = np.sqrt(np.sum(p * p, axis=axes, keepdims=True))
-    return (d * p_norm / np.where(d_norm > 0, d_norm, 1.0)).astype(np.float32)
+    return (d * p_norm / np.where(d_norm > 0, d_norm, 1.0)).astype(dtype)
 
   return jax.tree.map(normalize, direction, params)
 
