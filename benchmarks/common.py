@@ -5,8 +5,10 @@ benchmark builds every side it compares in **one** process and times them in int
 (A B, then B A, ...): drift in the machine's load hits both sides alike and cancels in their
 ratio. Each side is a :class:`Case`: a pmapped step with its donated state and one batch already
 on the devices. Its first call (trace + XLA compile + one step) is timed apart as ``compile_s``;
-every round after runs ``steps`` steps and waits with ``jax.block_until_ready``; the figure is
-the median over rounds of seconds per step.
+every round after runs ``steps`` steps and waits with ``jax.block_until_ready``. A case's step
+time is the median over rounds of seconds per step; a ratio of two cases is the median over
+rounds of their per-round ratio (:func:`paired_ratio`): the two were timed next to each other in
+every round, so the ratio of each pair sees nearly the same load.
 
 Memory, beside each step time:
 
@@ -219,19 +221,24 @@ def _cell(value) -> str:
   return str(value)
 
 
+def paired_ratio(case: Case, reference: Case) -> float:
+  """Median over rounds of ``case``'s step time over ``reference``'s in the same round."""
+  return statistics.median(a / b for a, b in zip(case.times, reference.times))
+
+
 def case_rows(cases: Sequence[Case], reference: Case) -> list[list[Any]]:
   """Table rows: step time, its spread over rounds, images/s, memory, compile time, ratio."""
   return [[c.name, 1e3 * c.median, f"{1e3 * min(c.times):,.1f}–{1e3 * max(c.times):,.1f}",
-           c.images_per_sec, c.state_mib, c.xla_mib, c.compile_s, c.median / reference.median]
+           c.images_per_sec, c.state_mib, c.xla_mib, c.compile_s, paired_ratio(c, reference)]
           for c in cases]
 
 
 CASE_HEADER = ("case", "step ms (median)", "min–max ms", "images/s", "state MiB", "XLA MiB",
-               "compile s", "ratio")
+               "compile s", "ratio (paired median)")
 
 
-def model_parser(description: str, *, model="resnet18", image_size=8, batch_size=32, rounds=5,
-                 steps=3) -> argparse.ArgumentParser:
+def model_parser(description: str, *, model="resnet18", image_size=8, batch_size=32, rounds=10,
+                 steps=2) -> argparse.ArgumentParser:
   """The flags every train-step benchmark takes (defaults: ResNet-18 on digits at 8x8)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--model", default=model)
@@ -274,7 +281,7 @@ def compare_with_reference(args, exp: train.Experiment, label: str, reference_la
         f"{reference_label}")
   print_table(CASE_HEADER, case_rows(cases[:2], cases[1]) + case_rows(cases[2:], cases[3]))
   print(memory_line())
-  return cases[0].median / cases[1].median
+  return paired_ratio(cases[0], cases[1])
 
 
 def print_ratio(ratio: float) -> None:

@@ -14,7 +14,7 @@ interleaved in rounds in one process; medians. Last line: ``ratio: X`` = lbjax s
 optax step time (goal X <= 1.05).
 
     python benchmarks/hybrid_vs_adamw.py [--model=resnet18] [--image_size=8] [--batch_size=32]
-        [--rounds=5] [--steps=3]
+        [--rounds=10] [--steps=2]
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)

@@ -22,7 +22,7 @@ in one process; medians. Last line: ``ratio: X`` = lbjax step time / optax step 
 X <= 1.03).
 
     python benchmarks/lars_vs_optax.py [--model=resnet18] [--image_size=8] [--batch_size=32]
-        [--rounds=5] [--steps=3]
+        [--rounds=10] [--steps=2]
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)

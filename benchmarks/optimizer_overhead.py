@@ -51,11 +51,11 @@ def main(argv=None):
         f"its defaults with learning rate {LEARNING_RATE}; ratio = step time / {REFERENCE}'s")
   common.print_table(common.CASE_HEADER, common.case_rows(cases, reference))
   print(common.memory_line())
-  worst = max(cases[1:], key=lambda c: c.median)
-  print(f"largest overhead: {worst.name}, {worst.median / reference.median:.2f}x plain SGD; "
-        f"without it: " + ", ".join(f"{c.name} {c.median / reference.median:.2f}x"
-                                    for c in cases[1:] if c is not worst))
-  common.print_ratio(worst.median / reference.median)
+  ratios = {c.name: common.paired_ratio(c, reference) for c in cases[1:]}
+  worst = max(ratios, key=ratios.get)
+  print(f"largest overhead: {worst}, {ratios[worst]:.2f}x plain SGD; the others: "
+        + ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items() if name != worst))
+  common.print_ratio(ratios[worst])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ Last line: ``ratio: X`` = images/s per device on 4 devices / images/s per device
 (ideal scaling on real devices: 1.0).
 
     python benchmarks/scaling.py [--devices=1,2,4] [--model=lenet5] [--image_size=32]
-        [--per_device_batch=32] [--rounds=5] [--steps=5]
+        [--per_device_batch=32] [--rounds=5] [--steps=5] [--backend=cpu]
+
+With ``--backend=cuda`` the workers use the first 1, 2, 4 GPUs (``CUDA_VISIBLE_DEVICES``)
+instead: a real weak-scaling measurement.
 """
 
 import argparse
@@ -56,9 +59,13 @@ def worker(args):
 class Worker:
   """A worker process with ``n`` simulated devices."""
 
-  def __init__(self, n: int, argv):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+  def __init__(self, n: int, argv, backend: str = "cpu"):
+    if backend == "cpu":  # n simulated devices
+      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+                 CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    else:  # the first n real accelerators
+      env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(n))),
+                 JAX_PLATFORMS=backend)
     self.n = n
     self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", *argv],
                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -90,6 +97,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--devices", default="1,2,4")
+  parser.add_argument("--backend", default="cpu",
+                      help="cpu: simulated devices; cuda: the first N GPUs (a real scaling test)")
   parser.add_argument("--model", default="lenet5")
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--per_device_batch", type=int, default=32)
@@ -103,8 +112,8 @@ def main(argv=None):
   import common  # pylint: disable=g-import-not-at-top
 
   counts = [int(n) for n in args.devices.split(",")]
-  worker_argv = [a for a in argv if not a.startswith("--devices")]
-  workers = [Worker(n, worker_argv) for n in counts]  # compiled one after another
+  worker_argv = [a for a in argv if not a.startswith(("--devices", "--backend"))]
+  workers = [Worker(n, worker_argv, args.backend) for n in counts]  # compiled in turn
   try:
     for r in range(args.rounds):
       for w in (workers if r % 2 == 0 else workers[::-1]):
@@ -113,11 +122,14 @@ def main(argv=None):
     for w in workers:
       w.close()
 
-  print(common.machine_line(f"workers with {args.devices} simulated CPU devices"))
+  kind = "simulated CPU" if args.backend == "cpu" else args.backend
+  print(common.machine_line(f"workers with {args.devices} {kind} devices"))
   print(f"{args.model} on digits {args.image_size}x{args.image_size}, {args.per_device_batch} "
         f"images per device per step, SGD; {args.rounds} rounds x {args.steps} steps interleaved "
-        f"across the worker processes. Simulated devices share the CPU cores: these figures "
-        f"prove the pmapped step runs, not that it speeds up.")
+        f"across the worker processes.")
+  if args.backend == "cpu":
+    print("Simulated devices share the CPU cores: these figures prove the pmapped step runs on "
+          "1, 2 and 4 devices, not that it speeds up.")
   rows, per_device = [], {}
   for w in workers:
     step = statistics.median(w.times)

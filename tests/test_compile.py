@@ -26,7 +26,7 @@ from lbjax import train
 from tests.test_train import small_config
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-LBJAX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(train.__file__))), "lbjax")
+LBJAX = os.path.dirname(os.path.abspath(train.__file__)) + os.sep  # .../lbjax/
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ class CompileCounter:
     if event != BACKEND_COMPILE:
       return
     frame = sys._getframe(1)  # pylint: disable=protected-access
-    while frame is not None and not frame.f_code.co_filename.startswith(LBJAX):
+    while frame is not None and not os.path.abspath(frame.f_code.co_filename).startswith(LBJAX):
       frame = frame.f_back
     if frame is None:
       self.lines["<outside lbjax>"] += 1
