@@ -374,7 +374,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for step, states, metrics in train_replicas(exp, replicas, seeds, stop=total):
       pending.append(metrics)
       is_last = step == total
-      save = step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
+      preempted = preemption.requested and not is_last  # read once, as in train.py
+      save = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or save:
         fetched = jax.device_get(pending)
         rows = {k: np.stack([np.asarray(m[k]).reshape(-1) for m in fetched])  # [steps, K]
@@ -397,7 +398,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if save:
         replicas = replicas_from_devices(states)
         ckpt.save(step, replicas)
-      if preemption.requested and not is_last:
+      if preempted:
         status = "preempted"
         break
   ckpt.close()

@@ -405,7 +405,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if progress is not None:
         progress.update(1)
       is_last = step == total_steps
-      save = step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
+      # Read the flag once: a signal arriving later in this iteration is handled at the next
+      # step, so a preemption never breaks out without the save that goes with it.
+      preempted = preemption.requested and not is_last
+      save = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or save or step % eval_every == 0:
         bad_step = flush(step)
         if bad_step is not None:
@@ -417,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stop = callback is not None and bool(callback(step, {**last_train, **eval_results}))
       if save or stop:
         ckpt.save(step, _first_replica(state))
-      if preemption.requested and not is_last:
+      if preempted:
         status = "preempted"
         break
       if stop:

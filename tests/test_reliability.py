@@ -134,6 +134,32 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
                        final_params(workdir)[1]["params"])
 
 
+
+def test_signal_arriving_mid_step_still_saves_the_step_it_stops_at(tmp_path):
+  """A SIGTERM delivered after the step decided not to save (here: during the evaluation) is
+  acted on at the next step, with its checkpoint; it never stops without one."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from lbjax import train  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.image_size, config.batch_size, config.num_epochs = 16, 32, 1.0
+  config.checkpoint_every_steps, config.progress_bar = 1000, False
+  config.eval_every_epochs = 0.25  # every 11 steps; not a checkpoint step
+  config.schedule.warmup_epochs = 0.0
+  sent = []
+
+  def callback(step, _):
+    if not sent:
+      sent.append(step)
+      os.kill(os.getpid(), signal.SIGTERM)  # handled before the step's save/stop decision ends
+    return False
+
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(config, workdir, callback=callback)
+  assert summary["status"] == "preempted"
+  assert summary["step"] == sent[0] + 1
+  assert checkpoint_steps(workdir) == [summary["step"]]
+  assert metrics_lib.read_status(workdir)["step"] == summary["step"]
+
 def _snapshot(path):
   out = {}
   for root, _, files in os.walk(path):
