@@ -12,13 +12,13 @@ state donated, batch already on the device), timed in interleaved rounds in this
 
 All three compute the same update (``tests/test_accumulation.py``). Defaults: LeNet-5 on digits at
 32x32, batch 1024 in micro-batches of 128 (the setting of ``/work/shared/NOTES.md``), and
-ResNet-18 (CIFAR stem) at 8x8, batch 512 in micro-batches of 64.
+ResNet-18 (CIFAR stem) at 8x8, batch 256 in micro-batches of 32.
 
 Last line: ``ratio: X`` = images/s of the accumulated step in the mode ``config.accumulation=
 "auto"`` picks on this backend / images/s of the full-batch step, geometric mean over the models
 (each model's figure is in its table).
 
-    python benchmarks/accumulation.py [--models=lenet5:32:1024:128,resnet18:8:512:64]
+    python benchmarks/accumulation.py [--models=lenet5:32:1024:128,resnet18:8:256:32]
         [--rounds=3] [--steps=1]
 """
 
@@ -73,7 +73,7 @@ def bench_model(name, image_size, batch, micro, rounds, steps) -> dict[str, floa
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="lenet5:32:1024:128,resnet18:8:512:64",
+  parser.add_argument("--models", default="lenet5:32:1024:128,resnet18:8:256:32",
                       help="name:image_size:batch:micro_batch, comma-separated")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=1, help="steps per round and case")

@@ -19,7 +19,7 @@ Data: CIFAR-10 from ``--data_dir`` (TFDS) when given, else a CIFAR-shaped stand-
 random uint8 32x32x3 images, 10 labels): the pipeline's cost depends only on the shapes.
 
     python benchmarks/input_pipeline.py [--batch_size=128] [--augment=...] [--model=resnet18]
-        [--image_size=32] [--rounds=3] [--steps=3] [--data_dir=DIR]
+        [--image_size=32] [--rounds=3] [--steps=1] [--data_dir=DIR]
 
 Measured (XLA:CPU, the 2 shared vCPUs at load average ~15, defaults): pipeline 105 images/s
 (1.2 s per batch of 128), ResNet-18 step 1.14 images/s (112 s per step), ratio 92 (83 in another
@@ -75,7 +75,7 @@ def pipeline_case(exp: train.Experiment) -> common.Case:
 
 def main(argv=None):
   parser = common.model_parser(__doc__.split("\n")[0], model="resnet18", image_size=32,
-                               batch_size=128, rounds=3, steps=3)
+                               batch_size=128, rounds=3, steps=1)
   parser.add_argument("--augment", default="standard+trivialaugment+cutmix")
   parser.add_argument("--data_dir", default=None, help="TFDS cifar10; default: CIFAR-shaped")
   args = parser.parse_args(argv)

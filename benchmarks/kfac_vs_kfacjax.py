@@ -50,6 +50,8 @@ from configs import default  # pylint: disable=wrong-import-position
 from lbjax import train  # pylint: disable=wrong-import-position
 from lbjax.data import augment  # pylint: disable=wrong-import-position
 
+import common  # pylint: disable=g-bad-import-order,wrong-import-position
+
 SETTINGS = dict(learning_rate=0.003, momentum=0.9, damping=1e-2, cov_ema_decay=0.95,
                 inverse_update_period=5)
 # lbjax fisher -> kfac-jax estimation_mode. kfac-jax's "fisher_empirical" divides G by the batch
@@ -201,6 +203,8 @@ def main():
   print(f"CPU-time ratio (all threads, timed steps): {cpu['lbjax'] / cpu['kfac-jax']:.3f}")
   print(f"final loss relative difference: "
         f"{abs(final['lbjax'] - final['kfac-jax']) / final['kfac-jax']:.3f}")
+  print(common.machine_line())
+  print(common.memory_line())
   print(f"ratio: {ms['lbjax'] / ms['kfac-jax']:.3f}")
 
 

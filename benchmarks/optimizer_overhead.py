@@ -16,7 +16,7 @@ the update's share is larger (``benchmarks/lars_vs_optax.py`` times it alone). `
 Last line: ``ratio: X`` = the largest step-time ratio to plain SGD over all optimizers.
 
     python benchmarks/optimizer_overhead.py [--model=lenet5] [--image_size=32]
-        [--batch_size=128] [--rounds=3] [--steps=3] [--only=sgd,lars,...]
+        [--batch_size=128] [--rounds=10] [--steps=5] [--only=sgd,lars,...]
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
@@ -32,7 +32,7 @@ REFERENCE = "plain sgd"
 
 def main(argv=None):
   parser = common.model_parser(__doc__.split("\n")[0], model="lenet5", image_size=32,
-                               batch_size=128, rounds=3, steps=3)
+                               batch_size=128, rounds=10, steps=5)
   parser.add_argument("--only", default=None, help="comma-separated optimizer names")
   args = parser.parse_args(argv)
   names = args.only.split(",") if args.only else list(registry.OPTIMIZERS)

@@ -37,6 +37,8 @@ from configs import swap_digits  # pylint: disable=wrong-import-position
 from lbjax import swap  # pylint: disable=wrong-import-position
 from lbjax import train  # pylint: disable=wrong-import-position
 
+import common  # pylint: disable=g-bad-import-order,wrong-import-position
+
 
 def _timed(fn, state, batch, steps):
   """Runs ``steps`` donated steps; returns (seconds per step, final state)."""
@@ -102,6 +104,8 @@ def main(argv=None):
         f"{', '.join(f'{t * 1e3:.1f}' for t in v_times)})")
   print(f"one replica's step: {s * 1e3:.2f} ms  (rounds: "
         f"{', '.join(f'{t * 1e3:.1f}' for t in s_times)}); x {k} = {k * s * 1e3:.2f} ms")
+  print(common.machine_line())
+  print(common.memory_line())
   print(f"ratio: {v / (k * s):.3f}")
 
 

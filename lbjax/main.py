@@ -73,7 +73,11 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[
     sys.exit(f"lbjax: error: --{e.flagname}: unknown flag or config key "
              "(configs/default.py lists every key)")
   except flags.Error as e:
-    sys.exit(f"lbjax: error: {e}")
+    message = str(e)
+    if "Error whilst parsing config file" in message:  # ml_collections appends the traceback
+      lines = [line for line in message.splitlines() if line.strip()]
+      message = lines[0].replace("Error whilst parsing config file:", lines[-1])
+    sys.exit(f"lbjax: error: {message}")
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
@@ -83,6 +87,12 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   from lbjax import train  # pylint: disable=g-import-not-at-top
   from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
+  try:
+    fv.config.get("seed")  # ml_collections defers a config file's load error to first use
+  except OSError as e:
+    path = fv["config"].config_filename
+    reason = "no such file" if not os.path.exists(path.split(":")[0]) else str(e.__cause__ or e)
+    sys.exit(f"lbjax: error: --config={path}: cannot load the config file: {reason}")
   try:
     initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
                            auto=fv.distributed)

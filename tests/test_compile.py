@@ -31,8 +31,9 @@ LBJAX = os.path.dirname(os.path.abspath(train.__file__)) + os.sep  # .../lbjax/
 
 @pytest.fixture(autouse=True)
 def _no_persistent_cache():
-  """tests/conftest.py turns on JAX's persistent compilation cache; a hit there is no compile,
-  so it is off here, where compiles are counted."""
+  """JAX's persistent compilation cache (which `lbjax.hpo` points at a directory, and a test that
+  runs it in-process leaves set) turns a compile into a cache hit, which fires no compile event;
+  it is off here, where compiles are counted, and back to JAX's default afterwards."""
   jax.config.update("jax_enable_compilation_cache", False)
   yield
   jax.config.update("jax_enable_compilation_cache", True)

@@ -104,3 +104,23 @@ def test_resnet_kfac_trains_through_the_launcher_on_four_devices(tmp_path):
                     devices=4)
   print(f"resnet_tiny, K-FAC, 2 epochs on 4 devices: test accuracy {accuracy:.4f}")
   assert accuracy > 0.5  # 10 classes: chance is 0.1
+
+
+def test_kfac_chosen_by_name_alone_uses_the_default_fisher():
+  """``--config.optimizer.name=kfac`` on a config whose other K-FAC keys are unset placeholders
+  (None): the capture and the optimizer take their defaults, and the step is the one with
+  ``fisher="empirical"`` given explicitly."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  def config(**optimizer):
+    c = quickstart.get_config()
+    c.image_size, c.batch_size, c.progress_bar = 8, 32, False
+    c.optimizer.name, c.optimizer.learning_rate = "kfac", 0.01
+    c.optimizer.weight_decay = None
+    for k, v in optimizer.items():
+      c.optimizer[k] = v
+    return c
+  assert config().optimizer.fisher is None
+  by_name = run_steps(config(), 1, 2)
+  explicit = run_steps(config(fisher="empirical"), 1, 2)
+  for a, b in zip(jax.tree.leaves(by_name.params), jax.tree.leaves(explicit.params)):
+    np.testing.assert_array_equal(a, b)

@@ -160,4 +160,5 @@ def from_config(opt_config: ml_collections.ConfigDict, model: nn.Module, loss: C
   """:func:`make_capture` for an optimizer that needs statistics (``kfac``), else None."""
   if opt_config.name not in OPTIMIZERS_WITH_STATISTICS:
     return None
-  return make_capture(model, loss, fisher=opt_config.get("fisher", DEFAULT_FISHER))
+  fisher = opt_config.get("fisher")  # an unset placeholder (None) means the default
+  return make_capture(model, loss, fisher=DEFAULT_FISHER if fisher is None else fisher)

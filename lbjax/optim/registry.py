@@ -95,7 +95,9 @@ def validate(opt_config: ml_collections.ConfigDict) -> None:
     if key not in allowed:
       raise ConfigError(
           f"config.optimizer.{key}",
-          f"not a hyperparameter of optimizer {opt_config.name!r}; allowed: {', '.join(allowed)}")
+          f"not a hyperparameter of optimizer {opt_config.name!r}; allowed: {', '.join(allowed)} "
+          f"(a value set for another optimizer: start from a config block made for "
+          f"{opt_config.name!r}, e.g. --config=configs/quickstart.py:{opt_config.name})")
   lr = opt_config.get("learning_rate")
   if lr is not None and not lr > 0:
     raise ConfigError("config.optimizer.learning_rate", f"must be > 0, got {lr}")
