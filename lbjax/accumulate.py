@@ -38,7 +38,7 @@ The micro-batches run in one of two ways, ``config.accumulation`` (:data:`MODES`
 * ``"scan"`` (:func:`scan_step`): a ``lax.scan`` inside the one compiled train step.
 * ``"host"`` (:func:`host_step`): the host dispatches ``n`` pmapped micro-steps, each adding its
   terms into a sum kept on device, then one pmapped update. Same arithmetic, ``n + 2`` dispatches.
-* ``"auto"``: :data:`AUTO` by backend. On XLA:CPU (jax 0.10.2) ``host`` is 2-4x faster than
+* ``"auto"``: :data:`AUTO` by backend. On XLA:CPU (jax 0.10.2) ``host`` is 2.6-6x faster than
   ``scan``, whose loop body keeps the weight-gradient convolutions in a layout the CPU backend
   runs slowly (``benchmarks/accumulation.py``); elsewhere ``scan`` (one dispatch; not measured
   here).
