@@ -7,6 +7,9 @@ import sys
 # aborts the process (SIGABRT) with no Python traceback; give collectives 20 minutes instead.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Four simulated devices on two cores can deadlock in an all-reduce unless XLA:CPU's thread pool
+# has spare threads (lbjax/__init__.py explains); subprocesses inherit this.
+os.environ.setdefault("NPROC", "16")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -107,15 +107,12 @@ def test_resnet_kfac_trains_through_the_launcher_on_four_devices(tmp_path):
 
 
 def test_kfac_chosen_by_name_alone_uses_the_default_fisher():
-  """``--config.optimizer.name=kfac`` on a config whose other K-FAC keys are unset placeholders
-  (None): the capture and the optimizer take their defaults, and the step is the one with
-  ``fisher="empirical"`` given explicitly."""
+  """``--config=configs/quickstart.py:kfac`` leaves ``fisher`` an unset placeholder (None):
+  the capture takes its default, and the step is the one with ``fisher="empirical"``."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   def config(**optimizer):
-    c = quickstart.get_config()
+    c = quickstart.get_config("kfac")
     c.image_size, c.batch_size, c.progress_bar = 8, 32, False
-    c.optimizer.name, c.optimizer.learning_rate = "kfac", 0.01
-    c.optimizer.weight_decay = None
     for k, v in optimizer.items():
       c.optimizer[k] = v
     return c

@@ -113,3 +113,15 @@ def test_two_processes_match_one_process(tmp_path):
   assert step_a == step_b
   for x, y in zip(a, b):
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_simulated_devices_get_a_thread_pool_that_cannot_deadlock():
+  """Importing lbjax with simulated CPU devices sizes XLA's pool (NPROC) unless already set."""
+  code = "import os; import lbjax; print(os.environ.get('NPROC'))"
+  def run(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("NPROC", "XLA_FLAGS")}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+  assert run(XLA_FLAGS="--xla_force_host_platform_device_count=4") == "16"
+  assert run(XLA_FLAGS="--xla_force_host_platform_device_count=4", NPROC="3") == "3"
+  assert run() == "None"
