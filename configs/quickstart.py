@@ -35,8 +35,9 @@ OPTIMIZERS = {
 }
 
 
-def get_config(optimizer: str = "sgd"):
-  """The quickstart with ``optimizer`` (a key of ``OPTIMIZERS``)."""
+def get_config(optimizer: str | None = None):
+  """The quickstart with ``optimizer`` (a key of ``OPTIMIZERS``; None or "": ``sgd``)."""
+  optimizer = optimizer or "sgd"
   if optimizer not in OPTIMIZERS:
     # absl reports it as "lbjax: error: flag --config=...: <this message>".
     raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
