@@ -105,19 +105,3 @@ def test_resnet_kfac_trains_through_the_launcher_on_four_devices(tmp_path):
   print(f"resnet_tiny, K-FAC, 2 epochs on 4 devices: test accuracy {accuracy:.4f}")
   assert accuracy > 0.5  # 10 classes: chance is 0.1
 
-
-def test_kfac_chosen_by_name_alone_uses_the_default_fisher():
-  """``--config=configs/quickstart.py:kfac`` leaves ``fisher`` an unset placeholder (None):
-  the capture takes its default, and the step is the one with ``fisher="empirical"``."""
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
-  def config(**optimizer):
-    c = quickstart.get_config("kfac")
-    c.image_size, c.batch_size, c.progress_bar = 8, 32, False
-    for k, v in optimizer.items():
-      c.optimizer[k] = v
-    return c
-  assert config().optimizer.fisher is None
-  by_name = run_steps(config(), 1, 2)
-  explicit = run_steps(config(fisher="empirical"), 1, 2)
-  for a, b in zip(jax.tree.leaves(by_name.params), jax.tree.leaves(explicit.params)):
-    np.testing.assert_array_equal(a, b)
