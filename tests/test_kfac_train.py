@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import sweeps
 from configs import seed002_kfac
 from configs import seed002_sgd
 from lbjax import train
@@ -26,13 +27,7 @@ def on_digits(config, **overrides):
   config.log_every_steps = 10
   config.eval_every_epochs = 1.0
   config.checkpoint_every_steps = 1000
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return config
+  return sweeps.apply_overrides(config, overrides, where="test")
 
 
 def run_steps(config, num_devices, steps):

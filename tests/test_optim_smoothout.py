@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import sweeps
 from configs import quickstart
 from lbjax import optim
 from lbjax import train
@@ -57,13 +58,7 @@ def small_config(**overrides):
   c.num_epochs = 1.0
   c.progress_bar = False
   c.optimizer.weight_decay = 0.0
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return c
+  return sweeps.apply_overrides(c, overrides, where="test")
 
 
 def test_train_step_takes_the_gradient_at_the_perturbed_weights():

@@ -8,6 +8,7 @@ test catches a broken optimizer, not a 1% regression.
 
 import pytest
 
+from configs import sweeps
 from configs import quickstart
 from lbjax import train
 from lbjax.optim import registry
@@ -28,13 +29,7 @@ def short_config(name, **extra):
   c.eval_every_epochs = 3.0
   c.checkpoint_every_steps = 1000
   c.progress_bar = False
-  for key, value in extra.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return c
+  return sweeps.apply_overrides(c, extra, where="test")
 
 
 def test_quickstart_has_settings_for_every_registered_optimizer():

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import sweeps
 from configs import default
 from lbjax import schedules
 from lbjax.errors import ConfigError
@@ -11,13 +12,7 @@ from lbjax.errors import ConfigError
 
 def config(**overrides):
   c = default.get_config()
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return c
+  return sweeps.apply_overrides(c, overrides, where="test")
 
 
 def values(schedule, steps):

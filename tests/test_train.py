@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import sweeps
 from configs import quickstart
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
@@ -23,13 +24,7 @@ def small_config(**overrides):
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 20
   c.progress_bar = False
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return c
+  return sweeps.apply_overrides(c, overrides, where="test")
 
 
 def run_steps(config, num_devices, steps):
