@@ -3,9 +3,16 @@
 * Linear scaling rule (Goyal et al. 2017; seed 000: LARS lr 3.2 at batch 4096):
   ``lr = learning_rate * batch_size / base_batch_size``.
 * Linear warmup from 0 over ``warmup_epochs`` (seed 000: 5 epochs).
-* ``constant``; ``cosine`` (seed 003 eq. (17): η_t = η·(1 + cos(π t / T)) / 2 after warmup);
+* ``constant``; ``cosine`` (seed 003 eq. (17): η_t = η·(1 + cos(π t / T)) / 2 after warmup, t and
+  T counted from the end of the warmup);
   ``step`` (seed 002: multiply by ``lr_decay`` every ``lr_decay_epoch`` epochs);
   ``multistep`` (multiply by ``lr_decay`` at each epoch in ``milestones``).
+
+``lr_decay_epoch`` and ``milestones`` are epochs of the whole run, warmup included: the drop for
+epoch ``e`` lands at step ``ceil(e · steps_per_epoch)``, the first update after ``e`` epochs of
+examples (`milestone_step`), with or without a warmup. During a warmup of ``W`` steps the
+learning rate of ``step``/``multistep``/``constant`` is ``(t / W) · lr(t)`` (a milestone inside
+the warmup already counts).
 
 Weight decay (``build_weight_decay``): the optimizer's ``weight_decay`` until
 ``schedule.weight_decay_off_fraction`` of training, then 0 (seed 003: off after 75% of epochs,
@@ -18,8 +25,10 @@ Noise annealing (``build_annealed``, for ``config.noise`` and ``config.smoothout
 Configs give epochs; `steps_per_epoch` (float, N / global batch) converts them once here.
 """
 
+import math
 from typing import Callable, Optional
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -33,8 +42,29 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, base_batch_size)
   return learning_rate * batch_size / base_batch_size
 
 
-def _constant(base, decay_steps, steps_per_epoch, cfg):
-  del decay_steps, steps_per_epoch, cfg
+def milestone_step(epoch: float, steps_per_epoch: float) -> int:
+  """The first step after ``epoch`` epochs: ``ceil(epoch · steps_per_epoch)``.
+
+  The product is rounded to 9 digits first, so an epoch that is a whole number of steps in exact
+  arithmetic (e.g. 0.1 · 30) is not pushed one step late by float rounding.
+  """
+  return math.ceil(round(epoch * steps_per_epoch, 9))
+
+
+def _drops(base: float, factor: float, boundaries: list[int]) -> optax.Schedule:
+  """``base · factor^n(t)``, ``n(t)`` = the number of ``boundaries`` <= t (repeats count twice)."""
+  bounds = jnp.asarray(sorted(boundaries) or [0], jnp.int32)
+  active = len(boundaries) > 0
+
+  def schedule(count):
+    n = jnp.sum(jnp.asarray(count) >= bounds) if active else 0
+    return base * jnp.asarray(factor, jnp.float32) ** n
+
+  return schedule
+
+
+def _constant(base, total_steps, steps_per_epoch, cfg):
+  del total_steps, steps_per_epoch, cfg
   return optax.constant_schedule(base)
 
 
@@ -43,19 +73,17 @@ def _cosine(base, decay_steps, steps_per_epoch, cfg):
   return optax.cosine_decay_schedule(base, decay_steps=max(decay_steps, 1))
 
 
-def _step(base, decay_steps, steps_per_epoch, cfg):
-  del decay_steps
-  every = cfg.lr_decay_epoch * steps_per_epoch
-  if every <= 0:
+def _step(base, total_steps, steps_per_epoch, cfg):
+  every = cfg.lr_decay_epoch
+  if not every > 0:
     raise ConfigError("config.schedule.lr_decay_epoch", f"must be > 0, got {cfg.lr_decay_epoch}")
-  return optax.exponential_decay(base, transition_steps=every, decay_rate=cfg.lr_decay,
-                                 staircase=True)
+  epochs = [k * every for k in range(1, int(total_steps / (every * steps_per_epoch)) + 2)]
+  return _drops(base, cfg.lr_decay, [milestone_step(e, steps_per_epoch) for e in epochs])
 
 
-def _multistep(base, decay_steps, steps_per_epoch, cfg):
-  del decay_steps
-  boundaries = {int(round(e * steps_per_epoch)): cfg.lr_decay for e in cfg.milestones}
-  return optax.piecewise_constant_schedule(base, boundaries)
+def _multistep(base, total_steps, steps_per_epoch, cfg):
+  del total_steps
+  return _drops(base, cfg.lr_decay, [milestone_step(e, steps_per_epoch) for e in cfg.milestones])
 
 
 SCHEDULES: dict[str, Callable] = {
@@ -64,19 +92,27 @@ SCHEDULES: dict[str, Callable] = {
     "step": _step,
     "multistep": _multistep,
 }
+# Schedules of the step of the whole run (warmup included); the others start after the warmup.
+COUNTED_FROM_START = ("constant", "step", "multistep")
 
 
 def build_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: float,
                         total_steps: int) -> optax.Schedule:
   """The learning-rate schedule of ``config.schedule`` applied to ``config.optimizer.learning_rate``.
 
-  The schedule counts optimizer updates of the global batch.
+  The schedule counts optimizer updates of the global batch, from 0 at the first update.
+  ``step``/``multistep`` milestones are epochs of the whole run (see the module docstring).
   """
   cfg = config.schedule
   check_choice("config.schedule.name", cfg.name, SCHEDULES)
   base = scaled_learning_rate(config.optimizer.learning_rate, config.batch_size,
                               cfg.base_batch_size)
   warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+  if cfg.name in COUNTED_FROM_START:
+    main = SCHEDULES[cfg.name](base, total_steps, steps_per_epoch, cfg)
+    if warmup_steps <= 0:
+      return main
+    return lambda count: jnp.minimum(count / warmup_steps, 1.0) * main(count)
   main = SCHEDULES[cfg.name](base, total_steps - warmup_steps, steps_per_epoch, cfg)
   if warmup_steps <= 0:
     return main

@@ -41,13 +41,61 @@ def test_warmup_then_cosine_is_seed_003_eq_17():
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_step_decay_every_lr_decay_epoch():
-  spe = 12.5  # a fractional number of steps per epoch
+def reference_lr(base, decay, drop_epochs, spe, warmup_epochs, steps):
+  """NumPy, float64: lr(t) = min(1, t / W) · base · decay^#{e : t >= e·spe}, W the warmup steps.
+
+  A drop for epoch e lands at the first step t with t >= e·spe (after e epochs of examples),
+  counted from the start of the run whatever the warmup.
+  """
+  t = np.arange(steps, dtype=np.float64)
+  drops = sum((t >= e * spe - 1e-9).astype(np.float64) for e in drop_epochs)
+  warm = round(warmup_epochs * spe)
+  ramp = np.minimum(t / warm, 1.0) if warm > 0 else np.ones_like(t)
+  return ramp * base * decay ** drops
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+@pytest.mark.parametrize("spe", [10.0, 12.5])  # 12.5: a fractional number of steps per epoch
+def test_step_decay_lands_every_lr_decay_epoch_of_the_whole_run(warmup, spe):
   c = config(**{"optimizer.learning_rate": 0.1, "schedule.name": "step",
-                "schedule.lr_decay": 0.5, "schedule.lr_decay_epoch": 2.0})
-  got = values(schedules.build_learning_rate(c, spe, 200), 200)
-  t = np.arange(200)
-  np.testing.assert_allclose(got, 0.1 * 0.5 ** np.floor(t / (2.0 * spe)), rtol=1e-6)
+                "schedule.lr_decay": 0.5, "schedule.lr_decay_epoch": 2.0,
+                "schedule.warmup_epochs": warmup})
+  steps = int(9 * spe)
+  got = values(schedules.build_learning_rate(c, spe, steps), steps)
+  expected = reference_lr(0.1, 0.5, [2.0, 4.0, 6.0, 8.0], spe, warmup, steps)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+  first = int(np.ceil(2.0 * spe))  # the step of epoch 2: 20 (spe 10) or 25 (spe 12.5)
+  assert got[first - 1] == pytest.approx(0.1) and got[first] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+def test_multistep_drops_at_the_milestone_step_with_and_without_warmup(warmup):
+  # Issue 18 item 7: milestones=(2,), warmup 1 epoch used to drop at epoch 3.03, not 2.
+  spe = 12.5
+  c = config(**{"optimizer.learning_rate": 0.1, "schedule.name": "multistep",
+                "schedule.lr_decay": 0.1, "schedule.milestones": (2.0, 3.3),
+                "schedule.warmup_epochs": warmup})
+  got = values(schedules.build_learning_rate(c, spe, 60), 60)
+  np.testing.assert_allclose(got, reference_lr(0.1, 0.1, [2.0, 3.3], spe, warmup, 60),
+                             rtol=1e-6, atol=1e-9)
+  assert got[24] == pytest.approx(0.1) and got[25] == pytest.approx(0.01)  # epoch 2 = step 25
+  assert got[41] == pytest.approx(0.01) and got[42] == pytest.approx(0.001)  # 3.3 · 12.5 = 41.25
+
+
+def test_milestone_inside_the_warmup_scales_the_ramp():
+  c = config(**{"optimizer.learning_rate": 0.1, "schedule.name": "multistep",
+                "schedule.lr_decay": 0.5, "schedule.milestones": (1.0,),
+                "schedule.warmup_epochs": 2.0})
+  got = values(schedules.build_learning_rate(c, 10.0, 40), 40)
+  np.testing.assert_allclose(got, reference_lr(0.1, 0.5, [1.0], 10.0, 2.0, 40), rtol=1e-6,
+                             atol=1e-9)
+  assert got[20] == pytest.approx(0.05)
+
+
+def test_milestone_step_is_exact_for_whole_steps():
+  assert schedules.milestone_step(0.1, 30.0) == 3  # 0.1 · 30 = 3.0000000000000004 in floats
+  assert schedules.milestone_step(3.3, 12.5) == 42
+  assert schedules.milestone_step(2.0, 12.5) == 25
 
 
 def test_multistep_seed_003_baseline():
