@@ -1,0 +1,162 @@
+"""Who owns a workdir, and what a failed write of it tells the user.
+
+**One owner.** The process that writes a workdir (process 0 of a multi-host run) holds an OS lock
+(``fcntl.flock``, exclusive) on ``WORKDIR/.lock`` for the run's life. A second process on the
+same workdir gets `WorkdirInUse` at once, before it writes anything: ``--workdir: in use by
+process PID on HOST since TIME``. The kernel drops a ``flock`` when its holder dies (``kill -9``,
+a crash, a lost node), so a lock left by a dead process never blocks and no pid is guessed stale.
+The pid, host and start time written into the file are only for the message.
+
+**Failures of the machine.** `classify` recognises an ``OSError`` of the storage
+(``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EROFS``, ``EIO``, also when a library such as orbax wraps
+it in its own exception) and `writing` turns it into `WriteFailure`, which names what was being
+written; the runner adds the last complete checkpoint and ends the run with status ``failed``.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+from typing import Iterator, Optional
+
+from lbjax.errors import ConfigError
+
+LOCK_FILE = ".lock"
+
+# errno -> the OS's words for it, for errors whose text a library may have flattened.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EACCES: "Permission denied",
+    errno.EROFS: "Read-only file system",
+    errno.EIO: "Input/output error",
+}
+
+
+class WorkdirInUse(ConfigError):
+  """Another live process holds the workdir's lock."""
+
+  def __init__(self, workdir: str, owner: dict):
+    self.workdir = workdir
+    self.owner = owner
+    super().__init__("--workdir", f"in use by process {owner.get('pid', '?')} on "
+                     f"{owner.get('host', '?')} since {owner.get('since', '?')} ({workdir})")
+
+
+class WriteFailure(Exception):
+  """A write of the run's files failed for a reason of the machine (disk full, permissions...)."""
+
+  def __init__(self, what: str, reason: str):
+    self.what = what
+    self.reason = reason
+    super().__init__(f"{what}: {reason}")
+
+
+class WorkdirLock:
+  """An exclusive ``flock`` on ``WORKDIR/.lock``, held from `acquire` to `release`.
+
+  Example:
+    >>> with WorkdirLock(workdir):   # raises WorkdirInUse if another process runs there
+    ...   train(...)
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd: Optional[int] = None
+
+  @staticmethod
+  def owner(workdir: str) -> dict:
+    """The pid, host and start time the holder wrote (empty if unreadable)."""
+    try:
+      with open(os.path.join(workdir, LOCK_FILE)) as f:
+        return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+      return {}
+
+  def acquire(self) -> "WorkdirLock":
+    """Takes the lock, creating the workdir if needed; `WorkdirInUse` if a live process has it.
+
+    The lock file is opened without truncation, so a refused process changes nothing; the
+    holder writes its identity only once it holds the lock.
+    """
+    os.makedirs(self.workdir, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise WorkdirInUse(self.workdir, self.owner(self.workdir)) from None
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info.encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def in_use(workdir: str) -> Optional[dict]:
+  """The owner of ``workdir`` if a live process holds its lock, else None (nothing is written).
+
+  For the sweep runner and HPO workers, which skip such a run instead of failing.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  if not os.path.exists(path):
+    return None
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return WorkdirLock.owner(workdir) or {"pid": "?"}
+  finally:
+    os.close(fd)  # closing drops a lock this probe took
+  return None
+
+
+def classify(exc: BaseException) -> Optional[str]:
+  """The OS reason (e.g. ``No space left on device``) if ``exc`` is, or wraps, a storage error.
+
+  Looks through ``__cause__``/``__context__`` for an ``OSError`` with one of `STORAGE_ERRNOS`;
+  libraries that re-raise with only the text (orbax's ``RESOURCE_EXHAUSTED: ... No space left on
+  device``) are recognised by the OS's own words in the message.
+  """
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+      return exc.strerror or STORAGE_ERRNOS[exc.errno]
+    text = str(exc)
+    for reason in STORAGE_ERRNOS.values():
+      if reason in text:
+        return reason
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+  """Turns a storage error raised inside into `WriteFailure` (``what`` names the file)."""
+  try:
+    yield
+  except WriteFailure:
+    raise
+  except Exception as e:  # noqa: BLE001  (classify decides; anything else is re-raised)
+    reason = classify(e)
+    if reason is None:
+      raise
+    raise WriteFailure(what, reason) from e

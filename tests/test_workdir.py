@@ -1,0 +1,76 @@
+"""The workdir lock (one owner, a dead owner never blocks) and the storage-error classifier."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lbjax import workdir as workdir_lib
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from lbjax import workdir
+    lock = workdir.WorkdirLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def _hold(path):
+  proc = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+def test_second_owner_is_refused_and_dead_owner_never_blocks(tmp_path):
+  path = str(tmp_path / "run")
+  proc = _hold(path)
+  try:
+    before = sorted(os.listdir(path)), open(os.path.join(path, ".lock")).read()
+    assert workdir_lib.in_use(path)["pid"] == proc.pid
+    with pytest.raises(workdir_lib.WorkdirInUse) as e:
+      workdir_lib.WorkdirLock(path).acquire()
+    assert e.value.key == "--workdir"
+    assert f"in use by process {proc.pid} on " in str(e.value)
+    # The refused attempt changed nothing.
+    assert (sorted(os.listdir(path)), open(os.path.join(path, ".lock")).read()) == before
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  # The kernel released the dead holder's flock: no stale lock.
+  assert workdir_lib.in_use(path) is None
+  with workdir_lib.WorkdirLock(path) as lock:
+    assert workdir_lib.WorkdirLock.owner(path)["pid"] == os.getpid()
+    assert lock.path == os.path.join(path, ".lock")
+  assert workdir_lib.in_use(path) is None
+
+
+def test_in_use_of_a_fresh_workdir_writes_nothing(tmp_path):
+  path = str(tmp_path / "absent")
+  assert workdir_lib.in_use(path) is None
+  assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO])
+def test_writing_turns_storage_errors_into_one_failure(code):
+  with pytest.raises(workdir_lib.WriteFailure) as e:
+    with workdir_lib.writing("checkpoint step 100"):
+      try:
+        raise OSError(code, os.strerror(code))
+      except OSError as inner:  # wrapped, as orbax does
+        raise RuntimeError("RESOURCE_EXHAUSTED: write failed") from inner
+  assert e.value.what == "checkpoint step 100"
+  assert e.value.reason == os.strerror(code)
+
+
+def test_flattened_message_is_recognised_and_other_errors_pass_through():
+  assert workdir_lib.classify(ValueError("RESOURCE_EXHAUSTED: ...: No space left on device")) == (
+      "No space left on device")
+  assert workdir_lib.classify(OSError(errno.ENOENT, "No such file or directory")) is None
+  with pytest.raises(KeyError):
+    with workdir_lib.writing("metrics"):
+      raise KeyError("a bug, not the disk")
