@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet5"
   c.model.ghost_batch_size = config_dict.placeholder(int)  # Ghost BN virtual batch (per device)
+  # Computation dtype: float32 | bfloat16 (params, BN statistics, loss, optimizer state stay
+  # float32). float16 is refused: it needs loss scaling, which lbjax does not have.
+  c.model.dtype = "float32"
 
   # Batch and length.
   c.batch_size = 128            # global batch over all devices and hosts

@@ -54,6 +54,16 @@ def dense(features: int, *, use_bias: bool = True, dtype: Dtype = jnp.float32,
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def logits(x, num_classes: int, *, dtype: Dtype = jnp.float32, name: str = "logits"):
+  """The classifier head of every model: ``dense(num_classes)`` in ``dtype``, cast to float32.
+
+  Mixed precision (Micikevicius et al. 2018, "Mixed Precision Training", ICLR) computes the
+  network in a 16-bit dtype but the loss in float32; casting the logits up here means the
+  softmax cross-entropy and its gradient start in float32 for every model and every caller.
+  """
+  return dense(num_classes, dtype=dtype, name=name)(x).astype(jnp.float32)
+
+
 def check_ghost_batch_size(ghost_batch_size: int | None) -> None:
   """Raises ConfigError unless ``ghost_batch_size`` is None or a positive int."""
   if ghost_batch_size is None:

@@ -36,4 +36,4 @@ class LeNet5(base.Classifier):
     x = x.reshape((x.shape[0], -1))
     for i, features in enumerate((120, 84)):
       x = nn.relu(layers.dense(features, dtype=self.dtype, name=f"fc{i + 1}")(x))
-    return layers.dense(self.num_classes, dtype=self.dtype, name="logits")(x)
+    return layers.logits(x, self.num_classes, dtype=self.dtype)

@@ -97,7 +97,7 @@ class ResNet(base.Classifier):
                        norm=norm, dtype=self.dtype, zero_init_residual=self.zero_init_residual,
                        name=f"stage{i + 1}_block{j + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    return layers.dense(self.num_classes, dtype=self.dtype, name="logits")(x)
+    return layers.logits(x, self.num_classes, dtype=self.dtype)
 
 
 class ResNet18(ResNet):

@@ -44,7 +44,7 @@ class VGG9(base.Classifier):
     x = x.reshape((x.shape[0], -1))
     x = layers.dense(self.hidden, dtype=self.dtype, name="fc")(x)
     x = nn.relu(self._norm(train, "fc_bn")(x))
-    return layers.dense(self.num_classes, dtype=self.dtype, name="logits")(x)
+    return layers.logits(x, self.num_classes, dtype=self.dtype)
 
   def _norm(self, train, name):
     return layers.norm(train, self.axis_name, self.ghost_batch_size, self.dtype, name=name)
