@@ -20,7 +20,7 @@ TABLE1 = {
                lr_decay_epoch=100, b1=0.869701, b2=0.999, eps=1.0e-8),
 }
 
-# TPE search space (lbjax/hpo.py): α, its step decay and β1; weight decay, β2 and eps stay at
+# TPE search space (lbjax/hpo/space.py): α, its step decay and β1; weight decay, β2 and eps stay at
 # Table 1's fixed values.
 SEARCH_SPACE = {
     "alpha": seed002_common.log_uniform("optimizer.learning_rate", 1e-5, 1e-2, "α"),

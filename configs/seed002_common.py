@@ -11,7 +11,7 @@ Table 1 is 100 epochs); ``standard`` augmentation (crop + flip + normalize); the
 decays in steps (``lr ← lr · lr_decay`` every ``lr_decay_epoch`` epochs) with no warmup; Table 1's
 "val-acc" is reported on the test split unless ``validation_fraction`` is set.
 
-TPE search (``lbjax/hpo.py``): each optimizer file declares its ``SEARCH_SPACE`` over Table 1's
+TPE search (``lbjax/hpo/``): each optimizer file declares its ``SEARCH_SPACE`` over Table 1's
 columns (log-uniform where the range spans decades); the search trains on 90% of the training set
 and maximises the accuracy on the held-out 10% (``config.hpo.validation_fraction``):
 
@@ -27,7 +27,7 @@ from typing import Optional
 import ml_collections
 
 from configs import default
-from lbjax import hpo
+from lbjax.hpo import space
 
 BATCH_SIZES = (128, 512, 2048)
 
@@ -113,6 +113,6 @@ def base(batch_size: int, row: dict, search_space: Optional[dict] = None,
     # ConfigDict sorts its keys: `column` keeps Table 1's order for the report.
     c.search_space = ml_collections.ConfigDict(
         {name: {**entry, "column": i} for i, (name, entry) in enumerate(search_space.items())})
-    c.hpo = hpo.default_config(validation_fraction=0.1)
+    c.hpo = space.default_config(validation_fraction=0.1)
   DATA_VARIANTS[data](c)
   return c

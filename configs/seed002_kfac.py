@@ -22,7 +22,7 @@ TABLE1 = {
                lr_decay_epoch=20, momentum=0.9, cov_ema_decay=0.99, damping=0.001),
 }
 
-# TPE search space over Table 1's columns (lbjax/hpo.py; ranges contain every Table 1 value).
+# TPE search space over Table 1's columns (lbjax/hpo/space.py; ranges contain every Table 1 value).
 SEARCH_SPACE = {
     "weight_decay": seed002_common.log_uniform("optimizer.weight_decay", 1e-5, 1e-2,
                                                "weight decay"),

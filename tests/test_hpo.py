@@ -1,10 +1,12 @@
-"""TPE search (lbjax/hpo.py): SQLite study, report, PostgreSQL workers, a killed worker.
+"""TPE search (lbjax/hpo/): SQLite study, report, PostgreSQL workers, a killed worker, a database
+that cannot be reached or restarts, configs free of Optuna.
 
 The PostgreSQL tests start their own server from the OS package (`apt-get install postgresql`,
 which `.ci/run` does) in a temporary directory; without it they fail, they do not skip.
 """
 
 import glob
+import inspect
 import json
 import os
 import pwd
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import optuna
 from optuna.trial import TrialState
@@ -23,8 +26,11 @@ import pytest
 from configs import seed002_adam
 from configs import seed002_kfac
 from configs import seed002_sgd
-from lbjax import hpo
+from experiments import hpo_report
 from lbjax import metrics as metrics_lib
+from lbjax.hpo import space as space_lib
+from lbjax.hpo import storage as storage_lib
+from lbjax.hpo import worker
 from lbjax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +67,7 @@ def test_search_spaces_cover_table1(module):
   for batch_size, row in module.TABLE1.items():
     tuned = module.get_config(f"bs={batch_size}")
     for name, entry in space.items():
-      value = float(hpo._get(tuned, entry.key))  # Table 1's value, via the config
+      value = float(space_lib.get(tuned, entry.key))  # Table 1's value, via the config
       field = entry.key.split(".")[-1]
       assert value == pytest.approx(row[field]), (name, batch_size)
       assert entry.low <= value <= entry.high, (name, batch_size, value)
@@ -74,7 +80,7 @@ def test_search_spaces_cover_table1(module):
   searched = {e.key.split(".")[-1] for e in space.values()}
   assert searched == set(module.TABLE1[128]) - fixed
   # The report's columns follow Table 1's order.
-  labels = [label for _, label, _ in hpo.columns(config)]
+  labels = [label for _, label, _ in space_lib.columns(config)]
   assert labels[0] in ("weight decay", "α") and labels[-1] in ("momentum", "β1", "damping")
 
 
@@ -98,35 +104,102 @@ def test_bad_search_config_names_its_key(mutate, key):
   config = tiny_config()
   mutate(config)
   with pytest.raises(ConfigError) as e:
-    hpo.validate(config, device_count=1)
+    worker.validate(config, device_count=1)
   assert e.value.key == key
 
 
 def test_bad_storage_and_trials_name_their_flag(tmp_path):
   with pytest.raises(ConfigError, match="--storage"):
-    hpo.run_worker(tiny_config(), study_name="s", trials=1, workdir=str(tmp_path),
+    worker.run_worker(tiny_config(), study_name="s", trials=1, workdir=str(tmp_path),
                    storage="mongodb://localhost/hpo")
   with pytest.raises(ConfigError, match="--trials"):
-    hpo.run_worker(tiny_config(), study_name="s", trials=0, workdir=str(tmp_path))
+    worker.run_worker(tiny_config(), study_name="s", trials=0, workdir=str(tmp_path))
   assert not os.path.exists(tmp_path / "s")
+
+
+# --- configs are data; the pieces agree ---------------------------------------------------------
+
+def test_configs_import_neither_optuna_nor_absl_flags_nor_the_worker():
+  """Every config module imports (in a fresh process) without Optuna, SQLAlchemy, the HPO worker
+  or storage, and defines no absl flag. ``ml_collections`` itself loads ``absl.flags``, so the
+  check is against what a bare ``import ml_collections`` already holds."""
+  names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                 if f.endswith(".py") and f != "__init__.py")
+  script = (
+      "import importlib, json, sys\n"
+      "import ml_collections\n"
+      "from absl import flags\n"
+      "before, defined = set(sys.modules), set(flags.FLAGS)\n"
+      f"for name in {names!r}:\n"
+      "  importlib.import_module('configs.' + name)\n"
+      "print(json.dumps({'new': sorted(set(sys.modules) - before),\n"
+      "                  'flags': sorted(set(flags.FLAGS) - defined)}))\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       check=True)
+  loaded = json.loads(out.stdout.strip().splitlines()[-1])
+  assert "configs.seed002_common" in loaded["new"] and "lbjax.hpo.space" in loaded["new"]
+  forbidden = [m for m in loaded["new"]
+               if m.split(".")[0] in ("optuna", "sqlalchemy", "absl")
+               or m in ("lbjax.hpo.worker", "lbjax.hpo.storage", "lbjax.hpo.__main__")]
+  assert forbidden == [] and loaded["flags"] == []
+
+
+def test_worker_builds_every_sampler_pruner_and_type_the_space_allows():
+  assert tuple(worker.SAMPLERS) == space_lib.SAMPLERS and tuple(worker.PRUNERS) == space_lib.PRUNERS
+  assert set(worker.SUGGEST) == set(space_lib.PARAM_TYPES)
+
+
+def test_every_database_call_of_the_storage_reconnects():
+  """`ReconnectingRDBStorage` retries exactly the RDBStorage methods that open a session (an
+  Optuna upgrade that adds one fails here)."""
+  rdb = optuna.storages.RDBStorage
+  opening = {name for name, f in vars(rdb).items()
+             if callable(f) and "_create_scoped_session(" in inspect.getsource(f)}
+  assert opening == set(storage_lib.RETRIED_METHODS)
+  for name in opening:
+    assert getattr(storage_lib.ReconnectingRDBStorage, name) is not getattr(rdb, name), name
+
+
+def test_passwords_are_masked_in_urls_and_errors():
+  url = "postgresql://hpo:s3cr%40t@dbhost:5432/hpo"  # password "s3cr@t", escaped
+  assert storage_lib.shown(url) == "postgresql://hpo:***@dbhost:5432/hpo"
+  # Unescaped, SQLAlchemy reads "t@dbhost" as the host: still nothing of the password shown.
+  assert storage_lib.shown(url.replace("%40", "@")) == "postgresql://hpo:***@dbhost:5432/hpo"
+  assert storage_lib.shown("postgresql://hpo@dbhost/hpo") == "postgresql://hpo@dbhost/hpo"
+  assert storage_lib.mask(f"a {url.replace('%40', '@')} b sqlite:///x.db") == (
+      "a postgresql://hpo:***@dbhost:5432/hpo b sqlite:///x.db")
+  # Too malformed to parse (a port that is not a number): still masked.
+  with pytest.raises(ConfigError) as e:
+    storage_lib.parse("postgresql://hpo:s3cr@t@dbhost:port/hpo")
+  assert str(e.value) == "--storage: not a database URL: 'postgresql://hpo:***@dbhost:port/hpo'"
+  # The driver made explicit for SQLAlchemy keeps the password (it connects with it).
+  assert storage_lib.storage_url(url) == "postgresql+psycopg2://hpo:s3cr%40t@dbhost:5432/hpo"
+
+
+def test_reconnect_setting_is_checked():
+  config = tiny_config()
+  config.hpo.reconnect_seconds = -1
+  with pytest.raises(ConfigError) as e:
+    space_lib.settings(config)
+  assert e.value.key == "config.hpo.reconnect_seconds"
 
 
 # --- SQLite: one worker in this process ----------------------------------------------------------
 
 def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(tmp_path):
   workdir = str(tmp_path)
-  storage = hpo.default_storage(workdir)
+  storage = storage_lib.default_storage(workdir)
   config = tiny_config()
   config.search_space.lr.high = 1e7  # wide enough to hold a diverging point
   config.hpo.pruner = "median"
   config.hpo.pruner_startup_trials = 1
   # Queue a good, a hopeless and a diverging point, so the outcome of each trial is known.
-  settings = hpo.settings(config)
-  study = hpo.load_or_create_study(config, "sgd_32", hpo.open_storage(storage, settings),
+  settings = space_lib.settings(config)
+  study = worker.load_or_create_study(config, "sgd_32", storage_lib.open_storage(storage, settings),
                                    settings)
   for point in (GOOD, BAD, dict(GOOD, lr=1e6)):
     study.enqueue_trial(point)
-  counts = hpo.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir)
+  counts = worker.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir)
   assert counts == {"complete": 1, "pruned": 1, "diverged": 1, "failed": 0, "running": 0,
                     "waiting": 0}
 
@@ -141,12 +214,14 @@ def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(t
   assert saved["optimizer"]["momentum"] == GOOD["momentum"]
   assert saved["schedule"]["lr_decay_epoch"] == GOOD["lr_decay_epoch"]
   assert saved["validation_fraction"] == 0.1
-  # ... reported every validation accuracy, and its value is the best of them.
+  # ... reported every validation accuracy; its value is the accuracy of the run's result (the
+  # trained weights: no SWA or SWAP here), the last evaluation.
   records = [r for r in metrics_lib.read_metrics(good.user_attrs["workdir"])
              if "validation_accuracy" in r]
   assert [r["step"] for r in records] == [20, 40]
   assert good.intermediate_values == {r["step"]: r["validation_accuracy"] for r in records}
-  assert good.value == max(r["validation_accuracy"] for r in records) > 0.5
+  assert good.value == records[-1]["validation_accuracy"] > 0.5
+  assert good.user_attrs["result_validation_accuracy"] == good.value
   assert good.user_attrs["status"] == "completed"
   # The hopeless point was stopped by the median pruner at its first evaluation.
   assert bad.state == TrialState.PRUNED and bad.user_attrs["status"] == "pruned"
@@ -161,16 +236,16 @@ def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(t
   assert not os.path.exists(os.path.join(good.user_attrs["workdir"], "checkpoints"))
 
   # --trials is the study's total: another worker finds nothing left to do.
-  assert hpo.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir) == counts
+  assert worker.run_worker(config, study_name="sgd_32", trials=3, workdir=workdir) == counts
   # A worker with another config is refused before it trains.
   with pytest.raises(ConfigError, match="different config"):
-    hpo.run_worker(tiny_config(num_epochs=2.0), study_name="sgd_32", trials=4, workdir=workdir)
+    worker.run_worker(tiny_config(num_epochs=2.0), study_name="sgd_32", trials=4, workdir=workdir)
   # A second optimizer's study, created and not yet run, gets its own section.
   adam = seed002_adam.get_config("bs=2048,data=digits")
-  hpo.load_or_create_study(adam, "adam_2048", hpo.open_storage(storage, settings), settings)
+  worker.load_or_create_study(adam, "adam_2048", storage_lib.open_storage(storage, settings), settings)
 
   out = str(tmp_path / "report")
-  text, rows = hpo.report(storage, None, out)
+  text, rows = hpo_report.report(storage, None, out)
   assert sorted((r["optimizer"], r["batch_size"]) for r in rows) == [("adam", 2048), ("sgd", 32)]
   lines = text.splitlines()
   headers = [l.strip("| ").split(" | ") for l in lines if l.startswith("| batch size")]
@@ -214,7 +289,9 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def postgres():
-  """A PostgreSQL server on 127.0.0.1 in a temporary directory; yields its database URL."""
+  """A PostgreSQL server on 127.0.0.1 in a temporary directory: ``url`` of its database ``hpo``,
+  ``port``, and ``outage(seconds)``, which stops the server (fast mode: sessions are cut) and
+  starts it again after ``seconds``."""
   initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
   if not (initdb and pg_ctl):
     pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install the OS package "
@@ -229,12 +306,12 @@ def postgres():
     os.chown(root, user.pw_uid, user.pw_gid)
     as_user = ["runuser", "-u", "postgres", "--"]
   data, log, port = os.path.join(root, "data"), os.path.join(root, "server.log"), _free_port()
+  start = as_user + [pg_ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                     f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]
   try:
     subprocess.run(as_user + [initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                    check=True, capture_output=True, text=True)
-    subprocess.run(as_user + [pg_ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o",
-                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(start, check=True, capture_output=True, text=True)
   except subprocess.CalledProcessError as e:
     server_log = open(log).read() if os.path.exists(log) else ""
     pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}\n{server_log}")
@@ -243,20 +320,28 @@ def postgres():
   conn.autocommit = True
   conn.cursor().execute("CREATE DATABASE hpo")
   conn.close()
+
+  def outage(seconds):
+    subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], check=True,
+                   capture_output=True)
+    time.sleep(seconds)
+    subprocess.run(start, check=True, capture_output=True)
+
   try:
-    yield f"postgresql://postgres@127.0.0.1:{port}/hpo"
+    yield types.SimpleNamespace(url=f"postgresql://postgres@127.0.0.1:{port}/hpo", port=port,
+                                outage=outage)
   finally:
     subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
-def start_worker(study, storage, trials, workdir, log_path):
+def start_worker(study, storage, trials, workdir, log_path, grace_period=3):
   """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_collective_call_terminate_timeout_seconds=1200",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
-         *overrides, "--config.hpo.heartbeat_interval=1", "--config.hpo.grace_period=3",
+         *overrides, "--config.hpo.heartbeat_interval=1", f"--config.hpo.grace_period={grace_period}",
          "--config.hpo.n_startup_trials=1",
          f"--study={study}", f"--storage={storage}", f"--trials={trials}", f"--workdir={workdir}"]
   with open(log_path, "w") as log:
@@ -276,9 +361,9 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
   n = 2
   logs = [str(tmp_path / f"worker{i}.log") for i in range(2)]
   runs = str(tmp_path / "runs")
-  victim = start_worker("sgd_pg", postgres, n, runs, logs[0])
-  survivor = start_worker("sgd_pg", postgres, n, runs, logs[1])
-  storage = optuna.storages.RDBStorage(hpo.storage_url(postgres))
+  victim = start_worker("sgd_pg", postgres.url, n, runs, logs[0])
+  survivor = start_worker("sgd_pg", postgres.url, n, runs, logs[1])
+  storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
   deadline, killed = time.time() + 900, None
   try:
     while killed is None:
@@ -321,5 +406,78 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
   assert len(finished) == n and len(trials) == n + 1
   assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished)
   # The study stays usable: a report reads it.
-  text, rows = hpo.report(postgres, ["sgd_pg"], str(tmp_path / "report"))
+  text, rows = hpo_report.report(postgres.url, ["sgd_pg"], str(tmp_path / "report"))
   assert rows[0]["counts"]["failed"] == 1 and "| 32 |" in text
+
+
+def test_unreachable_or_refusing_database_is_one_line_with_the_password_masked(postgres, tmp_path):
+  """No server at the port: the worker exits 1 with one line and no traceback; the server
+  refusing (no such database): the same line from the storage, for the worker and the report."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
+         f"--storage=postgresql://hpo:s3cret@127.0.0.1:{port}/hpo", "--study=s", "--trials=1",
+         f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and out.stdout == "", out.stderr[-3000:]
+  assert out.stderr == (
+      f"lbjax: error: --storage: cannot connect to postgresql://hpo:***@127.0.0.1:{port}/hpo "
+      f'(connection to server at "127.0.0.1", port {port} failed: Connection refused)\n')
+  assert os.listdir(tmp_path) == []
+
+  refused = postgres.url.replace("postgres@", "postgres:s3cret@").replace("/hpo", "/nope")
+  expected = (f"--storage: cannot connect to {refused.replace('s3cret', '***')} (connection to "
+              f'server at "127.0.0.1", port {postgres.port} failed: FATAL:  database "nope" does '
+              "not exist)")
+  with pytest.raises(ConfigError) as e:
+    worker.run_worker(tiny_config(), study_name="s", trials=1, workdir=str(tmp_path),
+                      storage=refused)
+  assert str(e.value) == expected
+  with pytest.raises(ConfigError) as e:
+    hpo_report.report(refused, None, str(tmp_path / "report"))
+  assert str(e.value) == expected
+
+
+def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
+  """The server stops (sessions cut) while two workers run a trial each, and starts again 3 s
+  later: both workers reconnect (heartbeats, reports, the final tell), finish, and the study holds
+  its N trials, none failed. The password of the URL (ignored by the test server's trust
+  authentication) appears in no log."""
+  n = 2
+  url = postgres.url.replace("postgres@", "postgres:s3cret@")
+  logs = [str(tmp_path / f"worker{i}.log") for i in range(2)]
+  runs = str(tmp_path / "runs")
+  procs = [start_worker("sgd_restart", url, n, runs, log, grace_period=60) for log in logs]
+  storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
+  deadline = time.time() + 600
+  try:
+    while True:
+      assert time.time() < deadline and all(p.poll() is None for p in procs), (
+          "both workers never ran a trial at once:\n" + open(logs[0]).read()[-3000:] +
+          "\n----\n" + open(logs[1]).read()[-3000:])
+      time.sleep(0.5)
+      if "sgd_restart" not in optuna.study.get_all_study_names(storage):
+        continue
+      study = optuna.load_study(study_name="sgd_restart", storage=storage)
+      running = study.get_trials(states=(TrialState.RUNNING,))
+      owners = {workers_of(study).get(t.number) for t in running}
+      if owners >= {p.pid for p in procs}:
+        break
+    storage.engine.dispose()
+    postgres.outage(3.0)
+    rcs = [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  texts = [open(log).read() for log in logs]
+  assert rcs == [0, 0], "\n----\n".join(t[-3000:] for t in texts)
+  for text in texts:
+    assert "lbjax.hpo: lost the study database postgresql://postgres:***@127.0.0.1" in text, text
+    assert "lbjax.hpo: reconnected to the study database after" in text, text
+    assert "s3cret" not in text and "Traceback" not in text, text
+  study = optuna.load_study(study_name="sgd_restart", storage=storage)
+  trials = by_number(study)
+  assert sorted(trials) == list(range(n))
+  assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials.values())
+  assert set(workers_of(study).values()) == {p.pid for p in procs}
