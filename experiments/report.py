@@ -15,6 +15,13 @@ column its config matches, and writes to ``--out`` (default ``ROOT/report``):
 * ``TABLE_curves.png``: training loss and test accuracy against epochs, one panel per column, one
   colour per row (every run drawn; SWAP runs join phase 1 and phase 2).
 
+Where runs have them, sharpness and noise-scale columns: the top Hessian eigenvalue, the Hessian
+trace and the ε-sharpness from ``RUN/sharpness.json`` (``python -m lbjax.analysis.sharpness``),
+and the final gradient noise scale B_simple (the last ``train_noise_scale`` in
+``metrics.jsonl``, written with ``config.log_noise_scale``): per cell (mean ± std) in a second
+table of ``TABLE.md``, per run in ``TABLE_runs.csv``; and ``TABLE_noise_scale.png``, B_simple
+against epochs for every run (one panel per column, one colour per row).
+
 Without ``--table`` the table is the one of the config recorded in ``ROOT/sweeps.json`` by
 ``experiments/run.py``, else one row per run name (seeds merged) and one column.
 """
@@ -226,24 +233,32 @@ def write_csv(table: Table, cells: Mapping[tuple[str, str], Cell], path: str) ->
 
 
 def write_runs_csv(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
-                   path: str) -> None:
+                   path: str, measured: Optional[Mapping[str, dict[str, float]]] = None) -> None:
+  """One line per run; plus a column per `MEASUREMENTS` key that some run in ``measured`` has."""
+  measured = measured or {}
+  keys = [k for k, _ in MEASUREMENTS if any(k in m for m in measured.values())]
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["row", "column", "run", "status", "step", "seed", "value"])
+    writer.writerow(["row", "column", "run", "status", "step", "seed", "value"] + keys)
     for (row, col), runs in placed.items():
       for run in runs:
         status = run.status or {}
         value = value_of(run, table)
+        extra = measured.get(run.name, {})
         writer.writerow([row, col, run.name, status.get("status", ""), status.get("step", ""),
-                         run.config.get("seed", ""), "" if value is None else f"{value:.4f}"])
+                         run.config.get("seed", ""), "" if value is None else f"{value:.4f}"]
+                        + [f"{extra[k]:.6g}" if k in extra else "" for k in keys])
 
 
 def learning_curve(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """``{"train_loss": (epochs, values), "test_accuracy": (epochs, values)}`` of a run; a SWAP
-  run's phase 2 continues after phase 1's last epoch (in replica epochs)."""
+  """``{"train_loss": (epochs, values), "test_accuracy": (epochs, values),
+  "train_noise_scale": (epochs, values)}`` of a run (the last empty without
+  ``config.log_noise_scale``); a SWAP run's phase 2 continues after phase 1's last epoch (in
+  replica epochs)."""
   parts = [metrics_lib.read_metrics(os.path.join(workdir, "phase1")),
            metrics_lib.read_metrics(workdir)]
-  curves: dict[str, tuple[list, list]] = {"train_loss": ([], []), "test_accuracy": ([], [])}
+  curves: dict[str, tuple[list, list]] = {"train_loss": ([], []), "test_accuracy": ([], []),
+                                          "train_noise_scale": ([], [])}
   offset = 0.0
   for records in parts:
     last = 0.0
@@ -252,6 +267,9 @@ def learning_curve(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         last = r["train_epoch"]
         curves["train_loss"][0].append(offset + last)
         curves["train_loss"][1].append(r["train_loss"])
+        if isinstance(r.get("train_noise_scale"), (int, float)):
+          curves["train_noise_scale"][0].append(offset + last)
+          curves["train_noise_scale"][1].append(r["train_noise_scale"])
       if "test_accuracy" in r:
         last = r.get("epoch", last)
         curves["test_accuracy"][0].append(offset + last)
@@ -296,6 +314,112 @@ def plot_curves(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
   plt.close(fig)
 
 
+# Per-run measurements beside the table's metric: (key, header), in column order.
+MEASUREMENTS = (
+    ("lambda_max", "λ_max (Hessian)"),
+    ("hessian_trace", "tr H"),
+    ("epsilon_sharpness", "ε-sharpness (%)"),
+    ("noise_scale", "B_simple (final)"),
+)
+
+
+def measurements(workdir: str) -> dict[str, float]:
+  """A run's sharpness (``sharpness.json``) and final noise scale (the last finite
+  ``train_noise_scale`` of its ``metrics.jsonl``), each key of `MEASUREMENTS` it has."""
+  out: dict[str, float] = {}
+  path = os.path.join(workdir, "sharpness.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      sharp = json.load(f)
+    if sharp.get("top_eigenvalues"):
+      out["lambda_max"] = float(sharp["top_eigenvalues"][0])
+    for key in ("hessian_trace", "epsilon_sharpness"):
+      if isinstance(sharp.get(key), (int, float)):
+        out[key] = float(sharp[key])
+  _, y = learning_curve(workdir)["train_noise_scale"]
+  finite = np.isfinite(y)
+  if finite.any():
+    out["noise_scale"] = float(y[finite][-1])
+  return out
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  if not values:
+    return MISSING
+  if len(values) == 1:
+    return f"{values[0]:.4g}"
+  return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} (n={len(values)})"
+
+
+def measurements_markdown(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
+                          measured: Mapping[str, dict[str, float]]) -> str:
+  """Per cell, mean ± sample std over its runs of each measurement some run has ("" if none)."""
+  keys = [(k, h) for k, h in MEASUREMENTS if any(k in m for m in measured.values())]
+  if not keys:
+    return ""
+  header = [table.row_header or "row", "column"] + [h for _, h in keys]
+  lines = ["## Sharpness and gradient noise scale", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for (row, col), runs in placed.items():
+    values = {k: [measured[r.name][k] for r in runs if k in measured[r.name]] for k, _ in keys}
+    if any(values.values()):
+      lines.append("| " + " | ".join([row, col] + [_mean_std(values[k]) for k, _ in keys]) + " |")
+  epsilons = sorted({e for e in (_epsilon(r.workdir) for rs in placed.values() for r in rs)
+                     if e is not None})
+  eps = f" at ε = {', '.join(f'{e:g}' for e in epsilons)}" if epsilons else ""
+  lines += ["", ("Mean ± sample std over the runs of a cell that have the number. λ_max, tr H "
+                f"(Hutchinson) and ε-sharpness{eps} (Keskar et al. 2017, in %) of the training "
+                "loss from `python -m lbjax.analysis.sharpness`; B_simple = tr(Σ)/|G|² "
+                "(McCandlish et al. 2018) at the end of training, from "
+                "`config.log_noise_scale`.")]
+  return "\n".join(lines) + "\n"
+
+
+def _epsilon(workdir: str) -> Optional[float]:
+  path = os.path.join(workdir, "sharpness.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("epsilon")
+
+
+def plot_noise_scale(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
+                     path: str) -> bool:
+  """B_simple (``train_noise_scale``) against epochs, one panel per column, one colour per row,
+  every run drawn; False (nothing written) if no run logged it."""
+  curves = {r.name: learning_curve(r.workdir)["train_noise_scale"]
+            for runs in placed.values() for r in runs}
+  if not any(len(x) for x, _ in curves.values()):
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  ncols = len(table.columns)
+  fig, axes = plt.subplots(1, ncols, figsize=(max(4.5 * ncols, 6), 3.8), squeeze=False)
+  colors = plt.get_cmap("tab10")
+  positive = all(np.all(y > 0) for _, y in curves.values() if len(y))
+  for j, (col, _) in enumerate(table.columns):
+    ax = axes[0, j]
+    for i, (row, _) in enumerate(table.rows):
+      for k, run in enumerate(placed[(row, col)]):
+        x, y = curves[run.name]
+        if len(x):
+          ax.plot(x, y, color=colors(i % 10), lw=1, marker=".", label=row if k == 0 else None)
+    ax.set_title(col, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("B_simple = tr(Σ)/|G|²")
+    if positive:
+      ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.suptitle(f"{table.title}: gradient noise scale (EMA across logging windows)", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 0.94))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 def runs_table(runs: Sequence[RunResult], name: str = "runs") -> Table:
   """One row per run name (``,seed=N`` merged), one column: for sweeps without a seed table."""
   labels = sorted({_run_label(r) for r in runs})
@@ -323,19 +447,26 @@ def report(root: str, table: Optional[Table] = None, out_dir: Optional[str] = No
   os.makedirs(out_dir, exist_ok=True)
   placed, unplaced = place(table, runs)
   cells = {key: summarize(rs, table) for key, rs in placed.items()}
+  measured = {r.name: measurements(r.workdir) for rs in placed.values() for r in rs}
   text = markdown(table, cells, unplaced)
+  extra = measurements_markdown(table, placed, measured)
+  if extra:
+    text += "\n" + extra
   paths = {"markdown": os.path.join(out_dir, f"{table.name}.md"),
            "csv": os.path.join(out_dir, f"{table.name}.csv"),
            "runs_csv": os.path.join(out_dir, f"{table.name}_runs.csv")}
   with open(paths["markdown"], "w") as f:
     f.write(text)
   write_csv(table, cells, paths["csv"])
-  write_runs_csv(table, placed, paths["runs_csv"])
+  write_runs_csv(table, placed, paths["runs_csv"], measured)
   if curves and any(placed.values()):
     paths["curves"] = os.path.join(out_dir, f"{table.name}_curves.png")
     plot_curves(table, placed, paths["curves"])
+    noise_path = os.path.join(out_dir, f"{table.name}_noise_scale.png")
+    if plot_noise_scale(table, placed, noise_path):
+      paths["noise_scale"] = noise_path
   return {"table": table, "cells": cells, "placed": placed, "unplaced": unplaced,
-          "markdown": text, "paths": paths}
+          "markdown": text, "paths": paths, "measurements": measured}
 
 
 FLAGS = flags.FLAGS

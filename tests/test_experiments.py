@@ -194,3 +194,82 @@ def test_each_seed_sweep_fills_its_table_exactly(table, specs, per_cell, tmp_pat
   assert not unplaced
   assert {key: len(runs) for key, runs in cells.items()} == {key: per_cell for key in cells}
   assert set(t.seed) <= set(cells)
+
+
+def _fabricated_run(root, name, *, lr, batch_size, seed, accuracy, noise_scales=None,
+                    sharpness=None):
+  """A finished run directory as lbjax writes it: config.json, status.json, metrics.jsonl (with
+  ``train_noise_scale`` per logging window if given) and ``sharpness.json`` if given."""
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"seed": seed, "batch_size": batch_size, "optimizer": {"name": "sgd",
+                                                                     "learning_rate": lr}}, f)
+  with open(os.path.join(workdir, metrics_lib.METRICS_FILE), "w") as f:
+    for i, b in enumerate(noise_scales or [None] * 3):
+      record = {"step": 10 * (i + 1), "train_loss": 1.0 / (i + 1), "train_epoch": 0.5 * (i + 1)}
+      if b is not None:
+        record.update(train_grad_sq_small=2.0 + i, train_grad_sq_big=1.0, train_noise_scale=b)
+      f.write(json.dumps(record) + "\n")
+    f.write(json.dumps({"step": 30, "test_accuracy": accuracy, "epoch": 1.5}) + "\n")
+  metrics_lib.write_status(workdir, "completed", 30, test_accuracy=accuracy)
+  if sharpness is not None:
+    top, trace, eps = sharpness
+    with open(os.path.join(workdir, "sharpness.json"), "w") as f:
+      json.dump({"workdir": workdir, "step": 30, "batches": 10, "batch_size": batch_size,
+                 "devices": 4, "train_loss": 0.05, "top_eigenvalues": [top, top / 2, top / 3],
+                 "hessian_trace": trace, "hessian_trace_stderr": 0.1 * trace,
+                 "trace_samples": 100, "epsilon": 1e-3, "epsilon_sharpness": eps,
+                 "epsilon_max_loss": 0.06, "epsilon_iterations": 10, "seed": 0,
+                 "batchnorm": "evaluation mode", "seconds": {}}, f)
+  return workdir
+
+
+def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
+  root = str(tmp_path / "runs")
+  _fabricated_run(root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.95,
+                  noise_scales=[40.0, 55.0, 61.5], sharpness=(12.0, 300.0, 0.8))
+  _fabricated_run(root, "small,seed=1", lr=0.05, batch_size=64, seed=1, accuracy=0.96,
+                  noise_scales=[38.0, 50.0, 58.5], sharpness=(16.0, 340.0, 1.2))
+  # Large batch: one run measured for sharpness, noise scale not logged; one with neither.
+  _fabricated_run(root, "large,seed=0", lr=0.05, batch_size=128, seed=0, accuracy=0.93,
+                  sharpness=(40.0, 700.0, 3.5))
+  _fabricated_run(root, "large,seed=1", lr=0.05, batch_size=128, seed=1, accuracy=0.92)
+
+  out = report_lib.report(root, TINY_TABLE, str(tmp_path / "out"))
+  assert out["measurements"]["small,seed=0"] == {"lambda_max": 12.0, "hessian_trace": 300.0,
+                                                 "epsilon_sharpness": 0.8, "noise_scale": 61.5}
+  assert out["measurements"]["large,seed=1"] == {}
+  lines = out["markdown"].splitlines()
+  start = lines.index("## Sharpness and gradient noise scale")
+  table = [line for line in lines[start:] if line.startswith("|")]
+  assert table[0] == ("| lr | column | λ_max (Hessian) | tr H | ε-sharpness (%) | "
+                      "B_simple (final) |")
+  std = lambda a, b: f"{np.std([a, b], ddof=1):.2g}"
+  assert table[2] == (f"| lr 0.05 | BS 64 | 14 ± {std(12, 16)} (n=2) | 320 ± {std(300, 340)} "
+                      f"(n=2) | 1 ± {std(0.8, 1.2)} (n=2) | 60 ± {std(61.5, 58.5)} (n=2) |")
+  assert table[3] == "| lr 0.05 | BS 128 | 40 | 700 | 3.5 | — |"
+  assert len(table) == 4  # the lr 1e8 row has no runs
+  assert "ε-sharpness at ε = 0.001" in out["markdown"]
+  # The seed-shaped table above it is unchanged by the measurements.
+  assert "| lr 0.05 | 12.50 | 95.50 ± 0.71 (n=2) | — | 92.50 ± 0.71 (n=2) |" in lines
+
+  with open(out["paths"]["runs_csv"]) as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert rows["small,seed=1"]["lambda_max"] == "16" and rows["small,seed=1"]["noise_scale"] == "58.5"
+  assert rows["large,seed=0"]["epsilon_sharpness"] == "3.5"
+  assert rows["large,seed=0"]["noise_scale"] == "" and rows["large,seed=1"]["hessian_trace"] == ""
+
+  x, y = report_lib.learning_curve(os.path.join(root, "small,seed=0"))["train_noise_scale"]
+  np.testing.assert_allclose(x, [0.5, 1.0, 1.5])
+  np.testing.assert_allclose(y, [40.0, 55.0, 61.5])
+  with open(out["paths"]["noise_scale"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # Runs without either: no second table, no noise-scale plot, the runs CSV keeps its columns.
+  plain_root = str(tmp_path / "plain")
+  _fabricated_run(plain_root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.9)
+  plain = report_lib.report(plain_root, TINY_TABLE, str(tmp_path / "plain_out"))
+  assert "Sharpness" not in plain["markdown"] and "noise_scale" not in plain["paths"]
+  with open(plain["paths"]["runs_csv"]) as f:
+    assert next(csv.reader(f)) == ["row", "column", "run", "status", "step", "seed", "value"]
