@@ -28,6 +28,8 @@ OPTIMIZERS = {
     "adabelief": dict(learning_rate=3e-3, weight_decay=0.01),
     # Trust coefficient 0.1: each kernel moves ~1% of its norm per step (×10 with momentum).
     "lars": dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.1),
+    # Each tensor moves ~lr of its norm per step (trust ratio ||w|| / ||r||).
+    "lamb": dict(learning_rate=2e-2, weight_decay=0.01),
     "hybrid": dict(learning_rate=1e-2, b2=0.99, weight_decay=0.01),
     # Seed 002 Table 1, K-FAC at batch 128 (lr, momentum, weight decay, cov-ema-decay, damping).
     "kfac": dict(learning_rate=1e-3, momentum=0.9, weight_decay=5e-5, cov_ema_decay=0.99,

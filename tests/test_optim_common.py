@@ -22,6 +22,7 @@ SETTINGS = {
     "adabelief": (0.05, {"weight_decay": 1e-3}),
     "lars": (0.05, {"weight_decay": 1e-4}),
     "hybrid": (0.05, {"weight_decay": 1e-3, "b2": 0.99}),
+    "lamb": (0.05, {"weight_decay": 1e-3}),
 }
 NAMES = sorted(SETTINGS)
 

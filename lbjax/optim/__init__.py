@@ -3,6 +3,7 @@
 from lbjax.optim.baselines import adabelief, adam, adamw, radam, sgd
 from lbjax.optim.hybrid import hybrid, scale_by_hybrid
 from lbjax.optim.kfac import kfac, scale_by_kfac
+from lbjax.optim.lamb import lamb
 from lbjax.optim.lars import lars, scale_by_lars
 from lbjax.optim.nag import nag
 from lbjax.optim.noise import add_uniform_noise

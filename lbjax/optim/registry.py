@@ -22,6 +22,7 @@ from lbjax.errors import ConfigError, check_choice
 from lbjax.optim import baselines
 from lbjax.optim.hybrid import hybrid
 from lbjax.optim.kfac import kfac
+from lbjax.optim.lamb import lamb
 from lbjax.optim.lars import lars
 from lbjax.optim.nag import nag
 from lbjax.optim.noise import add_uniform_noise
@@ -34,6 +35,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "radam": baselines.radam,
     "adabelief": baselines.adabelief,
     "lars": lars,
+    "lamb": lamb,
     "hybrid": hybrid,
     "kfac": kfac,
 }
