@@ -18,13 +18,11 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
-from configs import quickstart
+from configs import default, quickstart
 from lbjax import models
 from lbjax.errors import ConfigError
 from lbjax.models import layers
-from lbjax.optim import kfac_capture
-from lbjax.optim import registry
+from lbjax.optim import kfac_capture, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 8, 8, 1)
@@ -199,6 +197,7 @@ def _launch(*flags, devices=1, timeout=300):
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "lbjax.main", *flags, "--config.progress_bar=False"],
+                        check=False,
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -95,7 +95,8 @@ def test_zero_tensor_moves_and_step_is_lr_times_weight_norm():
 def test_registered_with_the_default_decay_mask():
   """``registry.build`` passes ``decay_mask``: kernels are decayed, biases and norms are not."""
   assert registry.OPTIMIZERS["lamb"] is optim.lamb
-  assert {"learning_rate", "b1", "b2", "eps", "weight_decay"} <= set(registry.hyperparameters("lamb"))
+  keys = {"learning_rate", "b1", "b2", "eps", "weight_decay"}
+  assert keys <= set(registry.hyperparameters("lamb"))
   c = quickstart.get_config("lamb")
   registry.validate(c.optimizer)
   params, quad, steps = random_tree(4), NoisyQuadratic(4, 10), 10

@@ -16,8 +16,9 @@ from lbjax.optim import registry
 # name -> floor, for the hyperparameters of `configs/quickstart.py:<name>`. Test accuracy
 # measured with them on 2 CPU cores, 4 simulated devices: sgd 0.936, nag 0.944, adam 0.953,
 # adamw 0.950, radam 0.947, adabelief 0.958, lars 0.900, hybrid 0.961 (hybrid + WD-off + noise +
-# SmoothOut: 0.956), kfac 0.964, lamb 0.958. `quickstart.py:kfac` leaves `fisher` an unset placeholder, so
-# the kfac run also checks that None means the default Fisher (it was refused before).
+# SmoothOut: 0.956), kfac 0.964, lamb 0.958. `quickstart.py:kfac` leaves `fisher` an unset
+# placeholder, so the kfac run also checks that None means the default Fisher (it was refused
+# before).
 FLOORS = {"sgd": 0.85, "nag": 0.85, "adam": 0.85, "adamw": 0.85, "radam": 0.85,
           "adabelief": 0.85, "lars": 0.80, "hybrid": 0.85, "kfac": 0.85, "lamb": 0.85}
 

@@ -118,6 +118,20 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DTYPES", "MODELS", "REFUSED_DTYPES", "create", "dtype_of", "fields", "validate",
-           "validate_config", "LeNet5", "VGG9", "ResNet", "ResNet18",
-           "ResNet34", "ResNet56", "ResNetTiny"]
+__all__ = [
+  "DTYPES",
+  "MODELS",
+  "REFUSED_DTYPES",
+  "VGG9",
+  "LeNet5",
+  "ResNet",
+  "ResNet18",
+  "ResNet34",
+  "ResNet56",
+  "ResNetTiny",
+  "create",
+  "dtype_of",
+  "fields",
+  "validate",
+  "validate_config",
+]
