@@ -18,11 +18,6 @@ import os
 import sys
 import time
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT_DIR not in sys.path:
-  sys.path.insert(0, ROOT_DIR)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -32,7 +27,8 @@ from experiments import report as report_lib
 from experiments import run as run_lib
 from lbjax import schedules
 from lbjax.errors import ConfigError
-# pylint: enable=g-import-not-at-top,wrong-import-position
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = os.path.join(ROOT_DIR, "configs", "digits_study.py")
 SB, LB = "1_sb_sgd", "2_lb_sgd"  # the interpolation's two ends

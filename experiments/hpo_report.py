@@ -10,8 +10,8 @@ under the search space's labels) and Optuna's optimization-history and parameter
 
 import math
 import os
-from typing import Any, Optional
 import warnings
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -97,13 +97,13 @@ def save_plots(study: optuna.Study, out_dir: str) -> list[str]:
   return notes
 
 
-def report(storage: str, study_names: Optional[list[str]] = None, out_dir: str = "hpo_report"
+def report(storage: str, study_names: list[str] | None = None, out_dir: str = "hpo_report"
            ) -> tuple[str, list[dict[str, Any]]]:
   """Writes ``out_dir/hpo_report.md`` and the plots; returns the markdown and the rows."""
   shown = storage_lib.shown(storage)
-  if storage_lib.backend(storage) == "sqlite":
-    if not os.path.exists(storage_lib.parse(storage).database or ""):
-      raise ConfigError("--storage", f"{shown}: no such database file")
+  if (storage_lib.backend(storage) == "sqlite"
+      and not os.path.exists(storage_lib.parse(storage).database or "")):
+    raise ConfigError("--storage", f"{shown}: no such database file")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     rdb = storage_lib.open_storage(storage)

@@ -34,11 +34,6 @@ import re
 import sys
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT_DIR not in sys.path:
-  sys.path.insert(0, ROOT_DIR)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 import numpy as np
@@ -47,7 +42,6 @@ from experiments import tables as tables_lib
 from experiments.tables import Table
 from lbjax import metrics as metrics_lib
 from lbjax.errors import ConfigError
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 MISSING = "—"
 DIVERGED = "diverged"

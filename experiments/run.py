@@ -41,18 +41,12 @@ import sys
 import traceback
 from typing import Any, NamedTuple, Optional
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT_DIR not in sys.path:
-  sys.path.insert(0, ROOT_DIR)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 import ml_collections
 
 from configs.sweeps import apply_overrides
 from lbjax.errors import ConfigError
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FINISHED = ("completed", "diverged", "stopped")
 RUN_NAME = "run_name"  # reserved override key (configs/sweeps.py)

@@ -20,18 +20,16 @@ import time
 import types
 
 import optuna
-from optuna.trial import TrialState
 import pytest
+from optuna.trial import TrialState
 
-from configs import seed002_adam
-from configs import seed002_kfac
-from configs import seed002_sgd
+from configs import seed002_adam, seed002_kfac, seed002_sgd
 from experiments import hpo_report
 from lbjax import metrics as metrics_lib
+from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
-from lbjax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +49,11 @@ def tiny_config(**overrides):
   c.hpo.n_startup_trials = 2
   c.hpo.seed = 0
   return c
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
 
 
 def by_number(study):
@@ -160,6 +163,64 @@ def test_every_database_call_of_the_storage_reconnects():
     assert getattr(storage_lib.ReconnectingRDBStorage, name) is not getattr(rdb, name), name
 
 
+def test_storage_retries_lost_connections_within_its_window(tmp_path, monkeypatch, capsys):
+  """Injected connection losses: a call is retried until it succeeds (within
+  ``reconnect_seconds``), raised at once inside ``no_reconnect`` or with the window spent; a state
+  change whose first attempt committed is recognised on retry."""
+  import sqlalchemy  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(storage_lib, "_FIRST_DELAY", 0.01)
+  rdb = storage_lib.open_storage(storage_lib.default_storage(str(tmp_path)),
+                                 space_lib.settings(tiny_config()))
+  study = optuna.create_study(storage=rdb, study_name="s")
+  trial_id = study.ask()._trial_id
+  lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+  real = optuna.storages.RDBStorage.set_trial_user_attr
+  failures = []
+
+  def flaky(self, *args):
+    if len(failures) < 2:
+      failures.append(args)
+      raise optuna.exceptions.StorageInternalError("commit failed") from lost
+    return real(self, *args)
+
+  monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_user_attr", flaky)
+  rdb.set_trial_user_attr(trial_id, "k", 1)
+  assert len(failures) == 2 and rdb.get_trial(trial_id).user_attrs == {"k": 1}
+  out = capsys.readouterr().out
+  assert "lbjax.hpo: lost the study database sqlite:///" in out and "server closed" in out
+  assert "lbjax.hpo: reconnected to the study database after" in out
+
+  failures.clear()
+  with rdb.no_reconnect(), pytest.raises(optuna.exceptions.StorageInternalError):
+    rdb.set_trial_user_attr(trial_id, "k", 2)
+  assert len(failures) == 1
+  failures.clear()
+  rdb.reconnect_seconds = 0.001
+  with pytest.raises(optuna.exceptions.StorageInternalError):
+    rdb.set_trial_user_attr(trial_id, "k", 3)
+  assert len(failures) == 1
+  rdb.reconnect_seconds = 10
+
+  # The first attempt committed COMPLETE, then the connection broke before the answer came.
+  real_state = optuna.storages.RDBStorage.set_trial_state_values
+  attempts = []
+
+  def committed_then_lost(self, *args, **kwargs):
+    attempts.append(args)
+    result = real_state(self, *args, **kwargs)
+    if len(attempts) == 1:
+      raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("connection reset"))
+    return result
+
+  monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", committed_then_lost)
+  assert rdb.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5]) is True
+  assert len(attempts) == 2 and rdb.get_trial(trial_id).state == TrialState.COMPLETE
+  assert rdb.get_trial(trial_id).value == 0.5
+  # A different state asked of a finished trial is still an error.
+  with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+    rdb.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
 def test_passwords_are_masked_in_urls_and_errors():
   url = "postgresql://hpo:s3cr%40t@dbhost:5432/hpo"  # password "s3cr@t", escaped
   assert storage_lib.shown(url) == "postgresql://hpo:***@dbhost:5432/hpo"
@@ -242,7 +303,8 @@ def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(t
     worker.run_worker(tiny_config(num_epochs=2.0), study_name="sgd_32", trials=4, workdir=workdir)
   # A second optimizer's study, created and not yet run, gets its own section.
   adam = seed002_adam.get_config("bs=2048,data=digits")
-  worker.load_or_create_study(adam, "adam_2048", storage_lib.open_storage(storage, settings), settings)
+  worker.load_or_create_study(adam, "adam_2048", storage_lib.open_storage(storage, settings),
+                              settings)
 
   out = str(tmp_path / "report")
   text, rows = hpo_report.report(storage, None, out)
@@ -313,7 +375,7 @@ def postgres():
                    check=True, capture_output=True, text=True)
     subprocess.run(start, check=True, capture_output=True, text=True)
   except subprocess.CalledProcessError as e:
-    server_log = open(log).read() if os.path.exists(log) else ""
+    server_log = _read(log) if os.path.exists(log) else ""
     pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}\n{server_log}")
   import psycopg2  # pylint: disable=g-import-not-at-top
   conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
@@ -331,17 +393,20 @@ def postgres():
     yield types.SimpleNamespace(url=f"postgresql://postgres@127.0.0.1:{port}/hpo", port=port,
                                 outage=outage)
   finally:
-    subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+    subprocess.run(as_user + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                   check=False)
     shutil.rmtree(root, ignore_errors=True)
 
 
 def start_worker(study, storage, trials, workdir, log_path, grace_period=3):
   """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_collective_call_terminate_timeout_seconds=1200",
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
-         *overrides, "--config.hpo.heartbeat_interval=1", f"--config.hpo.grace_period={grace_period}",
+         *overrides, "--config.hpo.heartbeat_interval=1",
+         f"--config.hpo.grace_period={grace_period}",
          "--config.hpo.n_startup_trials=1",
          f"--study={study}", f"--storage={storage}", f"--trials={trials}", f"--workdir={workdir}"]
   with open(log_path, "w") as log:
@@ -368,8 +433,8 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
   try:
     while killed is None:
       assert time.time() < deadline and victim.poll() is None and survivor.poll() is None, (
-          "both workers never ran a trial at once:\n" + open(logs[0]).read()[-3000:] +
-          "\n----\n" + open(logs[1]).read()[-3000:])
+          "both workers never ran a trial at once:\n" + _read(logs[0])[-3000:] +
+          "\n----\n" + _read(logs[1])[-3000:])
       time.sleep(0.5)
       if "sgd_pg" not in optuna.study.get_all_study_names(storage):
         continue
@@ -386,7 +451,7 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
     for proc in (victim, survivor):
       if proc.poll() is None:
         proc.kill()
-  assert rc == 0, open(logs[1]).read()[-4000:]
+  assert rc == 0, _read(logs[1])[-4000:]
 
   study = optuna.load_study(study_name="sgd_pg", storage=storage)
   trials = by_number(study)
@@ -418,7 +483,8 @@ def test_unreachable_or_refusing_database_is_one_line_with_the_password_masked(p
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          f"--storage=postgresql://hpo:s3cret@127.0.0.1:{port}/hpo", "--study=s", "--trials=1",
          f"--workdir={tmp_path}"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
   assert out.returncode == 1 and out.stdout == "", out.stderr[-3000:]
   assert out.stderr == (
       f"lbjax: error: --storage: cannot connect to postgresql://hpo:***@127.0.0.1:{port}/hpo "
@@ -453,8 +519,8 @@ def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
   try:
     while True:
       assert time.time() < deadline and all(p.poll() is None for p in procs), (
-          "both workers never ran a trial at once:\n" + open(logs[0]).read()[-3000:] +
-          "\n----\n" + open(logs[1]).read()[-3000:])
+          "both workers never ran a trial at once:\n" + _read(logs[0])[-3000:] +
+          "\n----\n" + _read(logs[1])[-3000:])
       time.sleep(0.5)
       if "sgd_restart" not in optuna.study.get_all_study_names(storage):
         continue
@@ -470,7 +536,7 @@ def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  texts = [open(log).read() for log in logs]
+  texts = [_read(log) for log in logs]
   assert rcs == [0, 0], "\n----\n".join(t[-3000:] for t in texts)
   for text in texts:
     assert "lbjax.hpo: lost the study database postgresql://postgres:***@127.0.0.1" in text, text

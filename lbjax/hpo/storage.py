@@ -20,9 +20,10 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -84,7 +85,7 @@ def engine_kwargs(url: str) -> dict[str, Any]:
   return kwargs
 
 
-def is_connection_error(error: Optional[BaseException]) -> bool:
+def is_connection_error(error: BaseException | None) -> bool:
   """Whether ``error`` (or an error it was raised from) is a lost or refused DB connection."""
   seen = set()
   while error is not None and id(error) not in seen:
@@ -110,7 +111,7 @@ def reason(error: BaseException) -> str:
   return mask(text.splitlines()[0].strip() if text else type(error).__name__)
 
 
-def _connection_problem(url: str) -> Optional[str]:
+def _connection_problem(url: str) -> str | None:
   """Connects once; None when that works, else the reason."""
   kwargs = {k: v for k, v in engine_kwargs(url).items() if k != "pool_pre_ping"}
   engine = sqlalchemy.create_engine(storage_url(url), poolclass=sqlalchemy.pool.NullPool,
@@ -249,6 +250,18 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     finally:
       _local.no_reconnect = previous
 
+  def record_heartbeat(self, trial_id: int) -> None:
+    """A heartbeat that outlasts even a longer outage: Optuna's heartbeat thread dies on an error
+    (printing a traceback), so after the retry window this one says so and lets the next beat
+    try again."""
+    try:
+      self._retrying("record_heartbeat", functools.partial(super().record_heartbeat, trial_id),
+                     (trial_id,))
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_connection_error(e):
+        raise
+      print(f"lbjax.hpo: no heartbeat for trial id {trial_id} ({reason(e)})", flush=True)
+
   def _retrying(self, name: str, call: Callable[[], Any], args: tuple) -> Any:
     if (not self.reconnect_seconds or getattr(_local, "busy", False)
         or getattr(_local, "no_reconnect", False)):
@@ -266,7 +279,8 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             raise
           result = True
         except Exception as e:  # pylint: disable=broad-except
-          if not is_connection_error(e) or time.monotonic() - start + delay > self.reconnect_seconds:
+          if (not is_connection_error(e)
+              or time.monotonic() - start + delay > self.reconnect_seconds):
             raise
           if not lost:
             print(f"lbjax.hpo: lost the study database {self.shown_url} ({reason(e)}); retrying "
@@ -284,20 +298,22 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
 
 
 def _retried(name: str) -> Callable:
-  method = getattr(optuna.storages.RDBStorage, name)
+  """``RDBStorage.<name>`` (looked up at each call) under `ReconnectingRDBStorage._retrying`."""
 
-  @functools.wraps(method)
+  @functools.wraps(getattr(optuna.storages.RDBStorage, name))
   def retried(self, *args, **kwargs):
-    return self._retrying(name, lambda: method(self, *args, **kwargs), args)  # pylint: disable=protected-access
+    call = functools.partial(getattr(optuna.storages.RDBStorage, name), self, *args, **kwargs)
+    return self._retrying(name, call, args)  # pylint: disable=protected-access
 
   return retried
 
 
 for _name in RETRIED_METHODS:
-  setattr(ReconnectingRDBStorage, _name, _retried(_name))
+  if _name not in vars(ReconnectingRDBStorage):
+    setattr(ReconnectingRDBStorage, _name, _retried(_name))
 
 
-def open_storage(url: str, hpo: Optional[dict[str, Any]] = None) -> ReconnectingRDBStorage:
+def open_storage(url: str, hpo: dict[str, Any] | None = None) -> ReconnectingRDBStorage:
   """The study database at ``url``; with ``hpo`` (`lbjax.hpo.space.settings`) it records trial
   heartbeats, retries stale trials and reconnects after a restart.
 
@@ -310,11 +326,12 @@ def open_storage(url: str, hpo: Optional[dict[str, Any]] = None) -> Reconnecting
   if hpo is not None:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-      kwargs = dict(
-          reconnect_seconds=hpo["reconnect_seconds"], heartbeat_interval=hpo["heartbeat_interval"],
-          grace_period=hpo["grace_period"],
-          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-              max_retry=hpo["max_retry"], inherit_intermediate_values=True))
+      kwargs = {
+          "reconnect_seconds": hpo["reconnect_seconds"],
+          "heartbeat_interval": hpo["heartbeat_interval"],
+          "grace_period": hpo["grace_period"],
+          "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+              max_retry=hpo["max_retry"], inherit_intermediate_values=True)}
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

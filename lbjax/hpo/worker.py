@@ -11,9 +11,9 @@ How a worker runs (`run_worker`):
   weights, the SWA average with ``config.swa.enabled``, the SWAP average).
 * Outcomes: completed → ``COMPLETE`` with the objective; stopped by the pruner → ``PRUNED``; a
   non-finite loss → ``PRUNED`` with user attribute ``status = "diverged"`` and ``diverged_step``
-  (TPE keeps it as a bad point; it is not a crash); SIGTERM/SIGINT → the run checkpoints, the trial
-  is marked ``FAIL`` (``status = "preempted"``) and re-queued, and the worker exits 0. Every trial
-  carries ``status``, ``worker`` (host:pid) and ``workdir`` user attributes.
+  (TPE keeps it as a bad point; it is not a crash); SIGTERM/SIGINT → the run checkpoints, the
+  trial is marked ``FAIL`` (``status = "preempted"``) and re-queued, and the worker exits 0.
+  Every trial carries ``status``, ``worker`` (host:pid) and ``workdir`` user attributes.
 * Heartbeats: the worker records a heartbeat every ``heartbeat_interval`` seconds; a trial whose
   heartbeat is older than ``grace_period`` (its worker was killed) is marked ``FAIL`` by the next
   worker that looks, and ``RetryHeartbeatStaleTrialCallback`` (Optuna ≥ 4.9's name for
@@ -46,16 +46,16 @@ import os
 import shutil
 import socket
 import time
-from typing import Any, Callable
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import optuna
 from optuna.trial import TrialState
 
-from lbjax import config_lib
-from lbjax import runners
+from lbjax import config_lib, runners
 from lbjax.errors import ConfigError
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
