@@ -77,16 +77,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.swa.period = 1               # optimizer steps between averaged weights
 
   # SWAP (lbjax/swap.py, seed 000 §3.1): phase 1 is the run above (large batch); phase 2 trains
-  # `num_replicas` small-batch replicas from its weights, each with its own data order, as one
-  # vmap; phase 3 averages them, recomputes BatchNorm and evaluates.
+  # `num_replicas` small-batch replicas from its weights, each the normal run of
+  # swap.phase2_config(config, k) (these keys, seed config.seed + 1 + k); phase 3 averages them,
+  # recomputes BatchNorm and evaluates.
   c.swap = ml_collections.ConfigDict()
   c.swap.enabled = False
   c.swap.phase1_stop_accuracy = config_dict.placeholder(float)  # end phase 1 at this train acc.
-  c.swap.num_replicas = 4        # a multiple of the device count
+  c.swap.num_replicas = 4        # a multiple or a divisor of the device count
+  c.swap.execution = "auto"      # auto | vmap | loop: replicas as one vmapped step or one by one
   c.swap.batch_size = 128        # per replica
+  c.swap.micro_batch_size = config_dict.placeholder(int)  # phase 2's (config.micro_batch_size)
   c.swap.num_epochs = 5.0        # phase 2, passes of each replica over the training data
   c.swap.optimizer = c.optimizer.copy_and_resolve_references()  # phase 2 (seed 000: SGD)
   c.swap.schedule = c.schedule.copy_and_resolve_references()    # phase 2, its own epochs
+  c.swap.noise = c.noise.copy_and_resolve_references()          # phase 2's update noise (off)
+  c.swap.smoothout = c.smoothout.copy_and_resolve_references()  # phase 2's SmoothOut (off)
 
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 20

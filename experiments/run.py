@@ -168,12 +168,12 @@ def plan(spec: str, root: str, data_dir: Optional[str] = None) -> list[Run]:
 
 
 def validate(runs: list[Run], device_count: int) -> None:
-  from lbjax import config_lib  # pylint: disable=g-import-not-at-top
+  from lbjax import runners  # pylint: disable=g-import-not-at-top
   for run in runs:
     try:
-      config_lib.validate(run.config, device_count=device_count)
+      runners.validate(run.config, device_count=device_count)
     except ConfigError as e:
-      raise ConfigError(e.key, f"{str(e)[len(e.key) + 2:]} (run {run.name})") from None
+      raise ConfigError(e.key, f"{e.message} (run {run.name})") from None
 
 
 def record_sweep(root: str, spec: str, runs: list[Run]) -> None:
@@ -202,7 +202,7 @@ def status_of(workdir: str) -> Optional[str]:
 def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: Optional[str] = None
             ) -> dict[str, Any]:
   """Trains one run (resuming it); returns its summary, ``status`` "error" on an exception."""
-  from lbjax import train  # pylint: disable=g-import-not-at-top
+  from lbjax import runners  # pylint: disable=g-import-not-at-top
   with contextlib.ExitStack() as stack:
     if log_file is not None:
       os.makedirs(os.path.dirname(log_file), exist_ok=True)
@@ -210,7 +210,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: Optional[
       stack.enter_context(contextlib.redirect_stdout(out))
       stack.enter_context(contextlib.redirect_stderr(out))
     try:
-      return train.train_and_evaluate(config, workdir)
+      return runners.run(config, workdir)
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
       return {"status": "error", "error": f"{type(e).__name__}: {e}"}

@@ -46,14 +46,16 @@ The micro-batches run in one of two ways, ``config.accumulation`` (:data:`MODES`
 Memory is one micro-batch's activations plus the gradient sum in both modes.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax import lax
 
+from lbjax.data import augment
 from lbjax.errors import ConfigError, check_choice
 
 MODES = ("auto", "scan", "host")
@@ -72,7 +74,7 @@ class StepParts(NamedTuple):
   apply: Callable[[Any, Any], tuple[Any, Any]]
 
 
-def resolve_mode(mode: str, backend: Optional[str] = None) -> str:
+def resolve_mode(mode: str, backend: str | None = None) -> str:
   """``"scan"`` or ``"host"`` for ``config.accumulation`` on ``backend`` (default: JAX's)."""
   check_choice("config.accumulation", mode, MODES)
   if mode != "auto":
@@ -80,7 +82,7 @@ def resolve_mode(mode: str, backend: Optional[str] = None) -> str:
   return AUTO.get(backend or jax.default_backend(), "scan")
 
 
-def num_micro_batches(batch: int, micro_batch_size: Optional[int]) -> int:
+def num_micro_batches(batch: int, micro_batch_size: int | None) -> int:
   """``batch / micro_batch_size``, 1 when accumulation is off; ConfigError when not whole."""
   if micro_batch_size is None or micro_batch_size >= batch:
     return 1
@@ -120,7 +122,7 @@ def mean_of_sum(total, n: int, like):
   return jax.tree.map(lambda t, s: (t / n).astype(s.dtype), total, like)
 
 
-def accumulate(fn: Callable, micro_batch_size: Optional[int]) -> Callable:
+def accumulate(fn: Callable, micro_batch_size: int | None) -> Callable:
   """``fn(batch)``, a tree of means over ``batch``, computed micro-batch by micro-batch.
 
   Args:
@@ -151,7 +153,7 @@ def accumulate(fn: Callable, micro_batch_size: Optional[int]) -> Callable:
   return accumulated
 
 
-def scan_step(parts: StepParts, micro_batch_size: Optional[int]) -> Callable:
+def scan_step(parts: StepParts, micro_batch_size: int | None) -> Callable:
   """The per-device ``(state, batch) -> (state, metrics)`` with in-step accumulation."""
 
   def train_step(state, batch):
@@ -161,8 +163,8 @@ def scan_step(parts: StepParts, micro_batch_size: Optional[int]) -> Callable:
   return train_step
 
 
-def host_step(parts: StepParts, micro_batch_size: Optional[int], *, axis_name: str,
-              devices: Optional[Sequence[jax.Device]] = None) -> Callable:
+def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
+              devices: Sequence[jax.Device] | None = None) -> Callable:
   """A host-level train step ``(state, batch) -> (state, metrics)`` made of pmapped pieces.
 
   ``state`` is replicated over ``devices`` and ``batch`` is ``[devices, b, ...]`` (host or
@@ -210,8 +212,8 @@ def host_step(parts: StepParts, micro_batch_size: Optional[int], *, axis_name: s
   return train_step
 
 
-def pmap_train_step(parts: StepParts, micro_batch_size: Optional[int], mode: str = "auto", *,
-                    axis_name: str, devices: Optional[Sequence[jax.Device]] = None
+def pmap_train_step(parts: StepParts, micro_batch_size: int | None, mode: str = "auto", *,
+                    axis_name: str, devices: Sequence[jax.Device] | None = None
                     ) -> Callable:
   """The host-level train step over ``devices`` for ``config.accumulation`` ``mode``.
 
@@ -243,7 +245,6 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
                       f"must be None or a positive divisor of the per-device batch {per_device} "
                       f"(batch_size {config.batch_size} over {device_count} devices), "
                       f"got {micro!r}")
-  from lbjax.data import augment  # pylint: disable=g-import-not-at-top
   for token in augment.validate_mode(config.augment):
     group = augment.AUGMENTATIONS[token].group_size
     if micro % group:

@@ -11,7 +11,10 @@ from typing import Any
 
 import ml_collections
 
+from lbjax import accumulate, models, schedules, swa
+from lbjax.data import augment, datasets
 from lbjax.errors import ConfigError, check_choice
+from lbjax.optim import registry
 
 # Keys that only change logging or bookkeeping: a rerun may change them and still resume.
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
@@ -27,18 +30,12 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
     raise ConfigError(f"config.{key}", f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1) -> None:
-  """Raises ConfigError for the first bad value in ``config``."""
-  # pylint: disable=g-import-not-at-top
-  from lbjax import accumulate
-  from lbjax import models
-  from lbjax import schedules
-  from lbjax import swa
-  from lbjax import swap
-  from lbjax.data import augment, datasets
-  from lbjax.optim import registry
-  # pylint: enable=g-import-not-at-top
-
+def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
+             ) -> None:
+  """Raises ConfigError for the first bad value of ``config`` as a normal run on
+  ``device_count`` devices (a SWAP config is checked by its runner, `lbjax.swap.validate`)."""
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+    raise ConfigError("config.seed", f"must be an integer >= 0 (a PRNG seed), got {config.seed!r}")
   check_choice("config.dataset", config.dataset, datasets.DATASETS)
   if config.dataset == "cifar10" and not config.data_dir:
     raise ConfigError("config.data_dir", "CIFAR-10 is read with TFDS from a data_dir; set "
@@ -46,8 +43,20 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
                       "on a machine with internet access)")
   augment.validate_mode(config.augment)
   check_choice("config.model.name", config.model.name, models.MODELS)
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
-              "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints"):
+  for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs",
+              "checkpoint_every_steps", "keep_checkpoints"):
+    _positive(config, key)
+  if not 0.0 <= config.validation_fraction < 1.0:
+    raise ConfigError("config.validation_fraction",
+                      f"must be in [0, 1), got {config.validation_fraction}")
+  validate_training(config, device_count=device_count, process_count=process_count)
+
+
+def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
+                      process_count: int = 1) -> None:
+  """The keys of one training phase: batch, length, micro-batches, Ghost BN, optimizer (with
+  update noise and SmoothOut), schedule and SWA. SWAP checks its phase 2 with this alone."""
+  for key in ("batch_size", "num_epochs"):
     _positive(config, key)
   if not isinstance(config.batch_size, int):
     raise ConfigError("config.batch_size", f"must be an integer, got {config.batch_size!r}")
@@ -64,9 +73,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
     if not isinstance(ghost, int) or ghost <= 0 or forward % ghost:
       raise ConfigError("config.model.ghost_batch_size",
                         f"must be a positive divisor of the {what}, got {ghost}")
-  if not 0.0 <= config.validation_fraction < 1.0:
-    raise ConfigError("config.validation_fraction",
-                      f"must be in [0, 1), got {config.validation_fraction}")
   registry.validate_config(config)  # optimizer, noise, smoothout, weight-decay switch-off
   check_choice("config.schedule.name", config.schedule.name, schedules.SCHEDULES)
   _positive(config, "schedule.warmup_epochs", allow_zero=True)
@@ -77,7 +83,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   if config.schedule.base_batch_size is not None:
     _positive(config, "schedule.base_batch_size")
   swa.validate_config(config)  # config.swa
-  swap.validate(config, device_count=device_count, process_count=process_count)  # config.swap
 
 
 def total_steps(num_epochs: float, num_examples: int, batch_size: int) -> int:

@@ -11,10 +11,12 @@ SLURM, --distributed alone lets `jax.distributed.initialize()` detect them.
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+from lbjax import runners
+from lbjax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -42,10 +44,8 @@ define_flags()
 
 def initialize_distributed(coordinator_address, num_processes, process_id, auto=False) -> None:
   """`jax.distributed.initialize` when multi-host settings are given; CPU collectives via gloo."""
-  import jax  # pylint: disable=g-import-not-at-top
   if not (coordinator_address or auto):
     return
-  from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if coordinator_address and (num_processes is None or process_id < 0):
     raise ConfigError("--num_processes/--process_id",
                       "multi-host needs --coordinator_address, --num_processes and --process_id")
@@ -84,8 +84,6 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   fv = flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from lbjax import train  # pylint: disable=g-import-not-at-top
-  from lbjax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   try:
     fv.config.get("seed")  # ml_collections defers a config file's load error to first use
@@ -96,7 +94,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   try:
     initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
                            auto=fv.distributed)
-    summary = train.train_and_evaluate(fv.config, fv.workdir)
+    summary = runners.run(fv.config, fv.workdir)
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
   if summary["status"] == "diverged":

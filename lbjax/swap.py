@@ -2,26 +2,43 @@ r"""SWAP, stochastic weight averaging in parallel (Gupta, Serrano & DeCoste 2020
 
 One run, three phases (``config.swap.enabled``):
 
-1. **Large batch.** The config as a normal data-parallel run (``config.batch_size``,
+1. **Large batch.** `phase1_config`: the config as a normal data-parallel run (``config.batch_size``,
    ``config.optimizer``: LARS or SGD in seed 000, ``config.schedule``, ``config.num_epochs``) in
    ``WORKDIR/phase1`` through `lbjax.train.train_and_evaluate`, so it resumes, handles SIGTERM and
    divergence like any run. It ends after ``config.num_epochs`` or, as the SWAP paper stops it,
    at the first evaluation (every ``config.eval_every_epochs``) where the mean training accuracy
    of the last logging window reaches ``config.swap.phase1_stop_accuracy``.
 2. **Small-batch replicas.** ``K = config.swap.num_replicas`` copies of the phase-1 weights and
-   BatchNorm statistics, each with a fresh ``config.swap.optimizer`` (SGD in seed 000) and
-   ``config.swap.schedule``, batch ``config.swap.batch_size`` and ``config.swap.num_epochs``.
-   Replica ``k`` has its own seed `replica_seed` ``= config.seed + 1 + k``, which fixes both its
-   data order (the step-indexed stream of `lbjax.data.pipeline`) and its augmentation keys: it
-   is exactly the normal one-device run of `phase2_config` ``(config, k)``. The K replicas are
-   trained as **one** ``jax.vmap`` over a leading replica axis (`make_replicas_step`), split
-   over the local devices with ``jax.pmap`` (K a multiple of the device count). With
-   ``config.swa.enabled`` each replica also keeps its SWA average (seed 000 eq. (1)).
+   BatchNorm statistics. Replica ``k`` *is* the normal run of `phase2_config` ``(config, k)``
+   from those weights: ``config.swap``'s batch, length, optimizer, schedule, micro-batch, update
+   noise and SmoothOut, and its own seed `replica_seed` ``= config.seed + 1 + k`` (its data order,
+   augmentation, SmoothOut and K-FAC sampling keys). By construction: every replica runs the step
+   `lbjax.step.build` makes of `phase2_config` (augmentation, SmoothOut, update noise, K-FAC
+   statistics, SWA, micro-batches, Ghost BN), the seed being data in its `lbjax.step.TrainState`;
+   and the one loop, `lbjax.loop.run`, drives them. ``config.swap.execution`` (:data:`EXECUTIONS`):
+
+   * ``"vmap"``: one compiled program over the replica axis (``jax.vmap`` of the step inside a
+     ``jax.shard_map`` over a 2-D device mesh ``(replicas, batch)``), the design's path on
+     accelerators;
+   * ``"loop"``: the same compiled one-replica step (``Experiment.pmap_train_step``) dispatched
+     once per replica;
+   * ``"auto"``: :data:`AUTO` by backend, ``loop`` on CPU, where the vmapped convolutions become
+     grouped convolutions that XLA:CPU runs 2.3x slower than K separate steps
+     (``benchmarks/swap_replicas.py``); ``vmap`` elsewhere.
+
+   Both give the same replicas. With D devices: K >= D (D divides K) puts K/D replicas on each
+   device; K < D (K divides D) makes each replica data-parallel over its own group of D/K devices,
+   its gradients and BatchNorm statistics averaged within the group only (`device_groups`).
+   With ``config.swa.enabled`` each replica keeps its SWA average (seed 000 eq. (1)).
 3. **Averaging.** The arithmetic mean of the K replicas' weights (of their SWA averages with
    ``config.swa.enabled``), BatchNorm statistics recomputed by one pass over the training data
-   (`lbjax.swa.recompute_on_train_data`), evaluated. Printed and recorded: each replica's test
-   accuracy, their mean, and the averaged model's; the last line is ``final test accuracy: X``
-   of the averaged model.
+   with phase 1's batch (`lbjax.evaluation.evaluate_averaged`), evaluated. Printed and recorded:
+   each replica's test accuracy, their mean, and the averaged model's; the last line is
+   ``final test accuracy: X`` of the averaged model, the run's result.
+
+Every evaluation is reported to the callback (`run`), with steps counted across the phases:
+phase 1's own, then phase 1's last step plus phase 2's (the intermediate phase-2 evaluations are
+of the replicas' current mean, BatchNorm recomputed), and the averaged model at the end.
 
 Workdir::
 
@@ -32,34 +49,35 @@ Workdir::
   WORKDIR/phase3/checkpoints/  the averaged model (params, recomputed batch_stats)
 
 Rerunning the command resumes at the latest of these; a finished run re-evaluates and prints the
-same numbers. The replica checkpoints do not depend on the device count.
+same numbers. The replica checkpoints do not depend on the device count or the execution.
 """
 
 import os
-import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import flax
 import jax
 import ml_collections
 import numpy as np
 
 from lbjax import checkpoint as checkpoint_lib
-from lbjax import config_lib
+from lbjax import config_lib, evaluation, loop, swa, train
 from lbjax import metrics as metrics_lib
-from lbjax import swa as swa_lib
-from lbjax import train
-from lbjax.data import datasets
-from lbjax.data import pipeline
-from lbjax.errors import ConfigError
+from lbjax import step as step_lib
+from lbjax.errors import ConfigError, check_choice
 
 REPLICA_AXIS = "replicas"
+EXECUTIONS = ("auto", "vmap", "loop")
+AUTO = {"cpu": "loop"}  # backend -> execution; any other backend: "vmap"
 
-# Top-level keys that phase 2 takes from config.swap (for error messages).
+# Keys of a normal run that phase 2 takes from config.swap (for error messages).
 _PHASE2_KEYS = {"config.batch_size": "config.swap.batch_size",
                 "config.num_epochs": "config.swap.num_epochs",
                 "config.optimizer": "config.swap.optimizer",
-                "config.schedule": "config.swap.schedule"}
+                "config.schedule": "config.swap.schedule",
+                "config.micro_batch_size": "config.swap.micro_batch_size",
+                "config.noise": "config.swap.noise",
+                "config.smoothout": "config.swap.smoothout"}
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
@@ -74,7 +92,7 @@ def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def replica_seed(config: ml_collections.ConfigDict, replica: int) -> int:
-  """Seed of replica ``replica``'s data order and augmentation (phase 1 uses ``config.seed``)."""
+  """Seed of replica ``replica``'s data order and keys (phase 1 uses ``config.seed``)."""
   return int(config.seed) + 1 + int(replica)
 
 
@@ -89,34 +107,63 @@ def phase1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def phase2_config(config: ml_collections.ConfigDict, replica: int = 0) -> ml_collections.ConfigDict:
-  """Replica ``replica`` of phase 2 as a normal run config: ``config.swap``'s batch, length,
-  optimizer and schedule, seed `replica_seed`. Update noise and SmoothOut belong to phase 1."""
+  """Replica ``replica`` of phase 2 as a normal run config: seed `replica_seed`, and the batch,
+  length, optimizer, schedule, micro-batch, update noise and SmoothOut of ``config.swap``
+  (``config.swap.noise``/``smoothout`` default to off: phase 1's large-batch noise is not
+  carried into the small-batch replicas unless asked for)."""
   c = _copy(config)
+  block = config.swap
   c.seed = replica_seed(config, replica)
-  c.batch_size = config.swap.batch_size
-  c.num_epochs = config.swap.num_epochs
-  c.optimizer = config.swap.optimizer.copy_and_resolve_references()
-  c.schedule = config.swap.schedule.copy_and_resolve_references()
-  for block in ("noise", "smoothout"):
-    if block in c:
-      c[block].scale = 0.0
+  c.batch_size = block.batch_size
+  c.num_epochs = block.num_epochs
+  c.micro_batch_size = block.get("micro_batch_size")
+  for key in ("optimizer", "schedule", "noise", "smoothout"):
+    if key in block:
+      c[key] = block[key].copy_and_resolve_references()
   c.swap.enabled = False
   c.lock()
   return c
 
 
-def _phase2_key(key: str) -> str:
+def resolve_execution(mode: str, backend: str | None = None) -> str:
+  """``"vmap"`` or ``"loop"`` for ``config.swap.execution`` on ``backend`` (default: JAX's)."""
+  check_choice("config.swap.execution", mode, EXECUTIONS)
+  if mode != "auto":
+    return mode
+  return AUTO.get(backend or jax.default_backend(), "vmap")
+
+
+def device_groups(num_replicas: int, devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
+  """The devices of each replica: K >= D puts replica k on device ``k // (K/D)``; K < D gives
+  replica k the ``D/K`` devices ``[k·D/K, (k+1)·D/K)``.
+
+  Raises:
+    ConfigError: neither of K and D divides the other.
+  """
+  k, d = num_replicas, len(devices)
+  if k >= d and k % d == 0:
+    return [[devices[i // (k // d)]] for i in range(k)]
+  if k < d and d % k == 0:
+    return [list(devices[i * (d // k):(i + 1) * (d // k)]) for i in range(k)]
+  raise ConfigError("config.swap.num_replicas",
+                    f"{k} replicas cannot be laid out on {d} devices: use a multiple or a divisor "
+                    f"of {d}")
+
+
+def _remap(error: ConfigError) -> ConfigError:
   for src, dst in _PHASE2_KEYS.items():
-    if key == src or key.startswith(src + "."):
-      return dst + key[len(src):]
-  return key
+    if error.key == src or error.key.startswith(src + "."):
+      return ConfigError(dst + error.key[len(src):], error.message)
+  return error
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
              ) -> None:
-  """Raises ConfigError for a bad ``config.swap`` block (nothing to check when it is off)."""
-  if not enabled(config):
-    return
+  """Raises ConfigError for a bad SWAP config: phase 1 as a normal run on ``device_count``
+  devices, the ``config.swap`` block, and phase 2's training keys on one replica's devices
+  (errors name the ``config.swap`` key they come from)."""
+  config_lib.validate(phase1_config(config), device_count=device_count,
+                      process_count=process_count)
   block = config.swap
   if process_count > 1:
     raise ConfigError("config.swap.enabled", "SWAP runs in one process (its replicas split over "
@@ -124,135 +171,100 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   k = block.num_replicas
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ConfigError("config.swap.num_replicas", f"must be an integer >= 1, got {k!r}")
-  if k % device_count:
-    raise ConfigError("config.swap.num_replicas",
-                      f"{k} replicas cannot be split evenly over the {device_count} devices; use "
-                      f"a multiple of {device_count}")
+  group = len(device_groups(k, list(range(device_count)))[0])
+  resolve_execution(block.get("execution", "auto"))
   threshold = block.phase1_stop_accuracy
   if threshold is not None and not 0.0 < threshold <= 1.0:
     raise ConfigError("config.swap.phase1_stop_accuracy",
                       f"must be in (0, 1] or None (no threshold), got {threshold!r}")
   try:
-    config_lib.validate(phase2_config(config), device_count=1)
+    config_lib.validate_training(phase2_config(config), device_count=group)
   except ConfigError as e:
-    message = str(e)[len(e.key) + 2:]
-    raise ConfigError(_phase2_key(e.key), message) from None
+    raise _remap(e) from None
 
 
-# Phase 2: K replicas as one vmap ------------------------------------------------------------
+# Phase 2: the replicas ----------------------------------------------------------------------
 
 
-def make_replicas_step(exp: train.Experiment) -> Callable:
-  """``(seeds [R], states [R, 1, ...], batches [R, 1, b, ...]) -> (states, metrics [R, 1])``.
+def stack(trees: Sequence[Any]):
+  """Host trees → one host tree with a leading replica axis."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
-  One ``jax.vmap`` over the leading replica axis of `lbjax.train.make_train_step` with a per-replica
-  (traced) seed. Inside, each replica is the usual per-device step vmapped over a device axis of
-  size 1 named ``train.AXIS``, so its ``pmean``s (gradients, BatchNorm moments) run over that
-  replica alone, exactly as a one-device run.
+
+def init_replicas(config: ml_collections.ConfigDict, data, state: step_lib.TrainState
+                  ) -> step_lib.TrainState:
+  """K copies of ``state``'s weights and statistics at step 0, each with the fresh optimizer
+  state of its own run (`phase2_config` ``(config, k)``, whose update noise key is its seed's)
+  and its seed; host arrays ``[K, ...]``."""
+  states = []
+  for k in range(config.swap.num_replicas):
+    exp_k = step_lib.build(phase2_config(config, k), data)
+    states.append(step_lib.TrainState(
+        step=np.zeros((), np.int32), params=state.params, batch_stats=state.batch_stats,
+        opt_state=exp_k.tx.init(state.params), seed=np.asarray(exp_k.config.seed, np.int32)))
+  return stack(jax.device_get(states))
+
+
+class Replicas:
+  """Phase 2's K replicas on ``devices``: `step` trains them all one step of the one step.
+
+  Args:
+    exp: the step of `phase2_config` (any replica's: they differ in ``state.seed`` only).
+    states: host ``[K, ...]`` (`init_replicas` or a checkpoint).
+    execution: ``"vmap"`` or ``"loop"`` (`resolve_execution`).
+    devices: default: all local devices.
   """
-  mean = np.asarray(exp.data.mean, np.float32)
-  std = np.asarray(exp.data.std, np.float32)
 
-  def replica_step(seed, state, batch):
-    step = train.make_train_step(exp.model, exp.tx, seed=seed, augment_mode=exp.config.augment,
-                                 num_classes=exp.data.num_classes, mean=mean, std=std,
-                                 learning_rate=exp.learning_rate)
-    return jax.vmap(step, axis_name=train.AXIS)(state, batch)
+  def __init__(self, exp: step_lib.Experiment, states: step_lib.TrainState, execution: str,
+               devices: Sequence[jax.Device] | None = None):
+    self.exp, self.execution = exp, execution
+    devices = list(devices or jax.local_devices())
+    self.seeds = [int(s) for s in np.asarray(states.seed)]
+    self.groups = device_groups(len(self.seeds), devices)
+    self.group_size = len(self.groups[0])
+    if execution == "vmap":
+      mesh = jax.sharding.Mesh(np.array(devices).reshape(-1, self.group_size),
+                               (REPLICA_AXIS, step_lib.AXIS))
+      self._sharding = jax.NamedSharding(mesh, jax.P(REPLICA_AXIS, step_lib.AXIS))
 
-  return jax.vmap(replica_step)
+      def per_device(states, batches):  # [K/D or 1, 1, ...]: this device's replicas
+        squeeze = lambda t: jax.tree.map(lambda x: x[:, 0], t)
+        states, metrics = jax.vmap(exp.train_step)(squeeze(states), squeeze(batches))
+        return jax.tree.map(lambda x: x[:, None], (states, metrics))
 
+      self._step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=self._sharding.spec,
+                                         out_specs=self._sharding.spec, check_vma=False),
+                           donate_argnums=(0,))
+      expand = lambda x: np.broadcast_to(x[:, None], (x.shape[0], self.group_size) + x.shape[1:])
+      self.states = jax.device_put(jax.tree.map(lambda x: expand(np.asarray(x)), states),
+                                   self._sharding)
+    else:
+      steps: dict[tuple, Any] = {}
+      self._steps = [steps.setdefault(tuple(g), exp.pmap_train_step(g)) for g in self.groups]
+      self.states = [step_lib.replicate(jax.tree.map(lambda x, k=k: np.asarray(x)[k], states), g)
+                     for k, g in enumerate(self.groups)]
 
-def make_replicas_eval(exp: train.Experiment) -> Callable:
-  """``(params [R, 1, ...], batch_stats [R, 1, ...], batch [1, b, ...]) -> sums [R, 1]``."""
+  def _batch(self, k: int, step: int):
+    return self.exp.train_batch(step, local_device_count=self.group_size, seed=self.seeds[k])
 
-  def replica_eval(params, batch_stats, batch):
-    return jax.vmap(exp.eval_step, axis_name=train.AXIS)(params, batch_stats, batch)
+  def step(self, step: int) -> dict[str, Any]:
+    """Trains every replica on its batch ``step``; returns the metrics, leading axis K."""
+    if self.execution == "vmap":
+      batches = stack([self._batch(k, step) for k in range(len(self.seeds))])
+      self.states, metrics = self._step(self.states, jax.device_put(batches, self._sharding))
+      return metrics
+    metrics = []
+    for k, p_train_step in enumerate(self._steps):
+      state, batch = self.states[k], self._batch(k, step)
+      self.states[k], m = p_train_step(state, batch)
+      metrics.append(m)
+    return {key: [m[key] for m in metrics] for key in metrics[0]}
 
-  return jax.vmap(replica_eval, in_axes=(0, 0, None))
-
-
-def _split(tree, num_devices: int, inner_axis: bool = True):
-  """Host ``[K, ...]`` → ``[D, K/D, (1,) ...]`` (the 1 is each replica's own device axis)."""
-  def split(x):
-    x = np.asarray(x)
-    x = x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
-    return x[:, :, None] if inner_axis else x
-  return jax.tree.map(split, tree)
-
-
-def replicas_from_devices(tree):
-  """Device ``[D, K/D, 1, ...]`` (as `train_replicas` yields them) → host ``[K, ...]``."""
-  return jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[3:]), jax.device_get(tree))
-
-
-def replica_batch(split: pipeline.Batch, step: int, seeds: Sequence[int], batch_size: int
-                  ) -> pipeline.Batch:
-  """Phase-2 batch ``step`` of every replica, ``[K, 1, b, ...]``: replica ``k`` reads the stream
-  of seed ``seeds[k]`` exactly as its one-device run does."""
-  batches = [pipeline.train_batch(split, step, batch_size=batch_size, seed=s) for s in seeds]
-  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
-
-
-def init_replicas(exp: train.Experiment, state: train.TrainState, num_replicas: int
-                  ) -> train.TrainState:
-  """K copies of the phase-1 weights and statistics, step 0 and a fresh phase-2 optimizer."""
-  one = train.TrainState(step=np.zeros((), np.int32), params=state.params,
-                         batch_stats=state.batch_stats, opt_state=exp.tx.init(state.params))
-  return jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], num_replicas, 0),
-                      jax.device_get(one))
-
-
-def train_replicas(exp: train.Experiment, replicas: train.TrainState, seeds: Sequence[int], *,
-                   stop: int, devices: Optional[Sequence[jax.Device]] = None
-                   ) -> Iterator[tuple[int, Any, dict]]:
-  """Trains the replicas (host ``[K, ...]``) from their step to ``stop``, one vmap per step.
-
-  Yields ``(step, states, metrics)`` after every step: the states and metrics on the devices,
-  ``[D, K/D, 1, ...]`` (`replicas_from_devices` brings the states back as ``[K, ...]``). The
-  states are donated to the next step: use them before resuming the iterator.
-
-  Raises:
-    ConfigError: ``config.swap.num_replicas`` is not a multiple of the device count.
-  """
-  devices = list(devices or jax.local_devices())
-  num_devices, k = len(devices), len(seeds)
-  if k % num_devices:
-    raise ConfigError("config.swap.num_replicas",
-                      f"{k} replicas cannot be split evenly over the {num_devices} devices; use a "
-                      f"multiple of {num_devices}")
-  start = int(np.asarray(replicas.step).reshape(-1)[0])
-  p_step = jax.pmap(make_replicas_step(exp), axis_name=REPLICA_AXIS, devices=devices,
-                    donate_argnums=(1,))
-  sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (REPLICA_AXIS,)),
-                               jax.P(REPLICA_AXIS))
-  seeds_d = jax.device_put(_split(np.asarray(seeds, np.int32), num_devices, False), sharding)
-  states = jax.device_put(_split(replicas, num_devices), sharding)
-  batches = (_split(replica_batch(exp.data.train, s, seeds, exp.config.batch_size), num_devices,
-                    inner_axis=False) for s in range(start, stop))
-  for step, batch in zip(range(start + 1, stop + 1),
-                         pipeline.prefetch_to_device(batches, 2, devices)):
-    states, metrics = p_step(seeds_d, states, batch)
-    yield step, states, metrics
-
-
-def evaluate_replicas(exp: train.Experiment, replicas: train.TrainState, split, *,
-                      batch_size: int, devices: Optional[Sequence[jax.Device]] = None
-                      ) -> dict[str, np.ndarray]:
-  """Loss and accuracy ``[K]`` of every replica (its own weights and statistics) on ``split``."""
-  devices = list(devices or jax.local_devices())
-  p_eval = jax.pmap(make_replicas_eval(exp), axis_name=REPLICA_AXIS, devices=devices,
-                    in_axes=(0, 0, None))
-  params = _split(replicas.params, len(devices))
-  batch_stats = _split(replicas.batch_stats, len(devices))
-  totals = None
-  for batch in pipeline.eval_batches(split, batch_size=batch_size):
-    sums = p_eval(params, batch_stats, batch)
-    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  totals = {k: np.asarray(v, np.float64).reshape(-1) for k, v in jax.device_get(totals).items()}
-  return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
-
-
-# Phase 3 ------------------------------------------------------------------------------------
+  def host_states(self) -> step_lib.TrainState:
+    """The replicas' states, host ``[K, ...]``."""
+    if self.execution == "vmap":
+      return jax.tree.map(lambda x: np.asarray(x)[:, 0], jax.device_get(self.states))
+    return stack([step_lib.unreplicate(s) for s in self.states])
 
 
 def average_replicas(tree):
@@ -261,41 +273,46 @@ def average_replicas(tree):
       lambda x: np.mean(np.asarray(x, np.float64), axis=0).astype(np.asarray(x).dtype), tree)
 
 
-def averaged_model(exp: train.Experiment, replicas: train.TrainState, *, use_swa: bool,
-                   devices: Optional[Sequence[jax.Device]] = None) -> dict[str, Any]:
-  """Phase 3's model: the mean of the replicas' weights (or of their SWA averages) with BatchNorm
-  statistics recomputed over one pass of ``exp``'s training data (host arrays)."""
-  devices = list(devices or jax.local_devices())
-  weights = swa_lib.averaged_params(replicas.opt_state)[0] if use_swa else replicas.params
-  params = average_replicas(weights)
-  template = jax.tree.map(lambda x: np.asarray(x)[0], replicas.batch_stats)
-  batch_stats = swa_lib.recompute_on_train_data(
-      exp, flax.jax_utils.replicate(params, devices),
-      flax.jax_utils.replicate(template, devices), devices=devices)
-  return {"params": params, "batch_stats": jax.tree.map(lambda x: np.asarray(x[0]),
-                                                        jax.device_get(batch_stats))}
+def averaged_weights(states: step_lib.TrainState, *, use_swa: bool):
+  """Phase 3's weights: the mean of the replicas' weights, or of their SWA averages."""
+  return average_replicas(swa.averaged_params(states.opt_state)[0] if use_swa else states.params)
+
+
+def evaluate_replicas(exp: step_lib.Experiment, states: step_lib.TrainState
+                      ) -> dict[str, list[float]]:
+  """``<split>_accuracy`` [K] of every replica (its own weights and statistics)."""
+  p_eval = exp.pmap_eval_step()
+  each = [evaluation.evaluate_splits(exp, p_eval, step_lib.replicate(s.params),
+                                     step_lib.replicate(s.batch_stats))
+          for s in (jax.tree.map(lambda x, k=k: np.asarray(x)[k], states)
+                    for k in range(len(states.seed)))]
+  return {key: [r[key] for r in each] for key in each[0] if key.endswith("_accuracy")}
 
 
 # The run ------------------------------------------------------------------------------------
 
 
 def _last_eval(workdir: str) -> dict[str, float]:
-  """The last evaluation recorded in ``workdir/metrics.jsonl`` (phase 1's final test accuracy)."""
+  """The last evaluation recorded in ``workdir/metrics.jsonl`` (phase 1's final accuracy)."""
   for record in reversed(metrics_lib.read_metrics(workdir)):
     if "test_accuracy" in record:
       return {k: v for k, v in record.items() if k.startswith(("test_", "validation_"))}
   return {}
 
 
-def _phase1(config: ml_collections.ConfigDict, workdir: str, data: datasets.Dataset
-            ) -> tuple[dict[str, Any], Optional[train.TrainState]]:
-  """Runs (or resumes) phase 1; returns its summary and, when it has ended, its final state."""
+def _phase1(config: ml_collections.ConfigDict, workdir: str, data,
+            callback: loop.Callback | None) -> tuple[dict[str, Any], Any]:
+  """Runs (or resumes) phase 1; returns its summary and, when SWAP goes on, its final state."""
   p1_config, p1_dir = phase1_config(config), os.path.join(workdir, "phase1")
   status = metrics_lib.read_status(p1_dir)
   if status is None or status["status"] not in ("completed", "stopped"):
     threshold = config.swap.phase1_stop_accuracy
+    stopped_by_callback = []
 
-    def reached(step, metrics) -> bool:
+    def phase1_callback(step, metrics) -> bool:
+      if callback is not None and callback(step, metrics):
+        stopped_by_callback.append(step)
+        return True
       acc = metrics.get("train_accuracy")
       if threshold is None or acc is None or acc < threshold:
         return False
@@ -304,11 +321,11 @@ def _phase1(config: ml_collections.ConfigDict, workdir: str, data: datasets.Data
       return True
 
     print(f"lbjax: SWAP phase 1: large-batch training ({p1_dir})", flush=True)
-    summary = train.train_and_evaluate(p1_config, p1_dir, callback=reached)
-    if summary["status"] not in ("completed", "stopped"):
+    summary = train.train_and_evaluate(p1_config, p1_dir, callback=phase1_callback)
+    if summary["status"] not in ("completed", "stopped") or stopped_by_callback:
       return summary, None
     status = metrics_lib.read_status(p1_dir)
-  exp1 = train.build(p1_config, data)
+  exp1 = step_lib.build(p1_config, data)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(p1_dir, "checkpoints"))
   step, state = ckpt.restore_latest(exp1.init_state())
   ckpt.close()
@@ -317,125 +334,97 @@ def _phase1(config: ml_collections.ConfigDict, workdir: str, data: datasets.Data
   return {"status": "completed", "step": step, **_last_eval(p1_dir)}, state
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        callback: loop.Callback | None = None) -> dict[str, Any]:
   """SWAP's three phases in ``workdir``, resuming where a previous run of it stopped.
 
-  Returns the summary: ``status`` (completed | diverged | preempted), ``phase``, ``step`` (of
-  phase 2), ``replica_test_accuracy`` [K], ``replica_mean_test_accuracy``, ``test_accuracy`` /
-  ``test_loss`` of the averaged model and ``phase1_test_accuracy`` (large batch alone).
+  ``callback(step, metrics)`` is called at every evaluation of every phase (steps increase
+  across the phases, see the module doc) and may stop the run at any intermediate one (status
+  ``stopped``), as for a normal run (`lbjax.train.train_and_evaluate`).
+
+  Returns the summary: ``status`` (completed | diverged | preempted | stopped), ``phase``,
+  ``step`` (of the phase it ended in), ``replica_test_accuracy`` [K],
+  ``replica_mean_test_accuracy``, ``test_accuracy`` / ``test_loss`` of the averaged model (the
+  result: also as ``result_test_accuracy``, and ``result_validation_accuracy`` with a validation
+  split) and ``phase1_test_accuracy`` (large batch alone).
   """
-  config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+  validate(config, device_count=jax.device_count(), process_count=jax.process_count())
   config_lib.check_workdir(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=1))
-  data = datasets.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                       validation_fraction=config.validation_fraction, seed=config.seed)
+  data = step_lib.load_data(config)
   num_replicas = config.swap.num_replicas
-  seeds = [replica_seed(config, k) for k in range(num_replicas)]
-  exp = train.build(phase2_config(config), data)  # the replicas' model, optimizer and schedule
+  exp = step_lib.build(phase2_config(config), data)  # the replicas' one step
   total = exp.total_steps
+  rec = loop.Recorder(workdir, keep=config.keep_checkpoints,
+                      checkpoint_dir=os.path.join(workdir, "phase2", "checkpoints"))
+  rec.write_config(config)
 
   def finish(status: str, phase: int, step: int, **results) -> dict[str, Any]:
-    metrics_lib.write_status(workdir, status, step, phase=phase, total_steps=total, **results)
-    if status == "preempted":
-      print(f"lbjax: preempted in SWAP phase {phase}; rerun the same command to resume",
-            flush=True)
+    rec.close()
+    rec.write_status(status, step, phase=phase, total_steps=total, **results)
+    loop.print_outcome(status, step, what=f"SWAP phase {phase}")
     return {"status": status, "phase": phase, "step": step, **results}
 
   # Phase 1, unless phase 2 has begun (its step-0 checkpoint is the phase boundary).
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "phase2", "checkpoints"),
-                                     keep=config.keep_checkpoints)
-  template = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], num_replicas, 0),
-                          jax.device_get(exp.init_state()))
-  restored, replicas = ckpt.restore_latest(template)
-  p1_status = metrics_lib.read_status(os.path.join(workdir, "phase1")) or {}
+  template = stack([jax.device_get(exp.init_state())] * num_replicas)
+  restored, states = rec.restore(template)
+  p1_dir = os.path.join(workdir, "phase1")
+  p1_status = metrics_lib.read_status(p1_dir) or {}
   phase1 = {"phase1_step": p1_status.get("step"),
-            **{f"phase1_{k}": v for k, v in _last_eval(os.path.join(workdir, "phase1")).items()}}
+            **{f"phase1_{k}": v for k, v in _last_eval(p1_dir).items()}}
   if restored is None:
-    summary1, state1 = _phase1(config, workdir, data)
+    summary1, state1 = _phase1(config, workdir, data, callback)
     if state1 is None:
-      ckpt.close()
       return finish(summary1["status"], 1, summary1["step"])
-    phase1 = {f"phase1_{k}": v for k, v in summary1.items() if k not in ("status",)}
-    replicas = init_replicas(exp, state1, num_replicas)
-    ckpt.save(0, replicas)
-  start = int(replicas.step[0])
-  metrics_lib.write_status(workdir, "running", start, phase=2, total_steps=total, **phase1)
-  writer = metrics_lib.MetricWriter(workdir)
-  writer.truncate_after(start)
-  print(f"lbjax: SWAP phase 2: {num_replicas} replicas x batch {config.swap.batch_size}, "
-        f"step {start} of {total}", flush=True)
+    phase1 = {f"phase1_{k}": v for k, v in summary1.items() if k != "status"}
+    states = init_replicas(config, data, state1)
+    rec.save(0, states)
+  offset = phase1["phase1_step"]
+  start = int(states.step[0])
+  rec.write_status("running", start, phase=2, total_steps=total, **phase1)
+  execution = resolve_execution(config.swap.get("execution", "auto"))
+  print(f"lbjax: SWAP phase 2: {num_replicas} replicas x batch {config.swap.batch_size} "
+        f"({execution}), step {start} of {total}", flush=True)
 
-  # Phase 2.
-  status, step, pending = "completed", start, []
-  last_time, last_step = time.time(), start
-  with train._Preemption() as preemption:  # pylint: disable=protected-access
-    for step, states, metrics in train_replicas(exp, replicas, seeds, stop=total):
-      pending.append(metrics)
-      is_last = step == total
-      preempted = preemption.requested and not is_last  # read once, as in train.py
-      save = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if step % config.log_every_steps == 0 or save:
-        fetched = jax.device_get(pending)
-        rows = {k: np.stack([np.asarray(m[k]).reshape(-1) for m in fetched])  # [steps, K]
-                for k in fetched[0]}
-        if not rows["finite"].all():
-          step = step - len(fetched) + 1 + int(np.argmin(rows["finite"].all(1)))
-          writer.write(step, {"diverged": 1})
-          status = "diverged"
-          break
-        now = time.time()
-        writer.write(step, {
-            "loss": float(rows["loss"].mean()), "accuracy": float(rows["accuracy"].mean()),
-            "replica_accuracy": rows["accuracy"].mean(0).tolist(),
-            "learning_rate": float(rows["learning_rate"][-1, 0]),
-            "update_ratio": float(rows["update_ratio"].mean()),
-            "epoch": step / exp.steps_per_epoch,
-            "images_per_sec": (step - last_step) * num_replicas * config.swap.batch_size
-                              / (now - last_time)}, prefix="train_")
-        pending, last_time, last_step = [], now, step
-      if save:
-        replicas = replicas_from_devices(states)
-        ckpt.save(step, replicas)
-      if preempted:
-        status = "preempted"
-        break
-  ckpt.close()
+  # Phase 2: the one loop over the replicas' one step.
+  replicas = Replicas(exp, states, execution)
+  exp1 = step_lib.build(phase1_config(config), data)  # the BatchNorm pass uses phase 1's batch
+  p_eval = exp1.pmap_eval_step()
+  template_stats = jax.tree.map(lambda x: np.asarray(x)[0], states.batch_stats)
+
+  def evaluate_average(weights) -> tuple[dict[str, float], Any]:
+    results, stats = evaluation.evaluate_averaged(exp1, p_eval, step_lib.replicate(weights),
+                                                  step_lib.replicate(template_stats))
+    return results, step_lib.unreplicate(stats)
+
+  status, step = loop.run(
+      rec, config, start=start, total_steps=total,
+      steps=(replicas.step(s) for s in range(start, total)), host_state=replicas.host_states,
+      evaluate=lambda _: evaluate_average(average_replicas(replicas.host_states().params))[0],
+      steps_per_epoch=exp.steps_per_epoch, examples_per_step=num_replicas * exp.config.batch_size,
+      num_replicas=num_replicas, callback=callback, step_offset=offset)
   if status != "completed":
-    writer.close()
-    if status == "diverged":
-      print(f"lbjax: SWAP phase 2 diverged (non-finite loss) at step {step}", flush=True)
     return finish(status, 2, step, **phase1)
+  states = replicas.host_states()
 
-  # Phase 3.
-  exp1 = train.build(phase1_config(config), data)  # the pass over the data uses phase 1's batch
+  # Phase 3: the average of the replicas, BatchNorm recomputed.
   ckpt3 = checkpoint_lib.Checkpointer(os.path.join(workdir, "phase3", "checkpoints"), keep=1,
                                       async_save=False)
-  model_template = jax.tree.map(lambda x: x[0], {"params": template.params,
-                                                 "batch_stats": template.batch_stats})
-  restored3, model = ckpt3.restore_latest(model_template)
+  restored3, model = ckpt3.restore_latest({"params": jax.tree.map(lambda x: x[0], states.params),
+                                           "batch_stats": template_stats})
   if restored3 is None:
     print("lbjax: SWAP phase 3: averaging the replicas and recomputing BatchNorm", flush=True)
-    model = averaged_model(exp1, replicas, use_swa=swa_lib.enabled(config))
+    model = {"params": averaged_weights(states, use_swa=swa.enabled(config))}
+    _, model["batch_stats"] = evaluate_average(model["params"])
     ckpt3.save(0, model)
   ckpt3.close()
-
-  results: dict[str, Any] = {}
-  p_eval = jax.pmap(exp1.eval_step, axis_name=train.AXIS)
-  params = flax.jax_utils.replicate(model["params"])
-  batch_stats = flax.jax_utils.replicate(model["batch_stats"])
-  eval_splits = {"test": data.test}
-  if data.validation is not None:
-    eval_splits["validation"] = data.validation
-  for name, split in eval_splits.items():
-    each = evaluate_replicas(exp, replicas, split, batch_size=config.eval_batch_size)
-    avg = train.evaluate(p_eval, params, batch_stats, split, batch_size=config.eval_batch_size)
-    results.update({f"replica_{name}_accuracy": each["accuracy"].tolist(),
-                    f"replica_mean_{name}_accuracy": float(each["accuracy"].mean()),
-                    f"{name}_loss": avg["loss"], f"{name}_accuracy": avg["accuracy"]})
-  writer.write(total, results)
-  writer.close()
+  results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
+                                       step_lib.replicate(model["batch_stats"]))
+  for key, each in evaluate_replicas(exp, states).items():
+    results.update({f"replica_{key}": each, f"replica_mean_{key}": float(np.mean(each))})
+  results.update(train.result_keys(results, use_swa=False))
+  rec.write_metrics(total, results)
+  if callback is not None:
+    callback(offset + total, results)
   for k, acc in enumerate(results["replica_test_accuracy"]):
     print(f"replica {k} test accuracy: {acc:.4f}", flush=True)
   print(f"replicas' mean test accuracy: {results['replica_mean_test_accuracy']:.4f}", flush=True)
@@ -443,8 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f"large-batch (phase 1) test accuracy: {phase1['phase1_test_accuracy']:.4f}",
           flush=True)
   print(f"averaged model test accuracy: {results['test_accuracy']:.4f} ({num_replicas} replicas"
-        f"{' SWA averages' if swa_lib.enabled(config) else ''}, BatchNorm recomputed)",
-        flush=True)
+        f"{' SWA averages' if swa.enabled(config) else ''}, BatchNorm recomputed)", flush=True)
   summary = finish("completed", 3, total, **phase1, **results)
   print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
   return summary

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from lbjax import evaluation
 from lbjax import swa
 from lbjax import train
 from lbjax.errors import ConfigError
@@ -90,8 +91,8 @@ def test_recomputed_batch_stats_equal_numpy(ghost):
   params = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape).astype(np.float32),
                         variables["params"])  # non-trivial BN scale and bias
   stale = jax.tree.map(lambda s: s + 7.0, variables["batch_stats"])  # must not leak in
-  moments = jax.jit(lambda p, s, x: swa.batch_moments(model, p, s, x))
-  got = swa.recompute_batch_stats(moments, params, stale, batches)
+  moments = jax.jit(lambda p, s, x: evaluation.batch_moments(model, p, s, x))
+  got = evaluation.recompute_batch_stats(moments, params, stale, batches)
   per_batch = [_numpy_moments(params, x, ghost) for x in batches]
   expected = jax.tree.map(lambda *xs: np.mean(xs, 0), *per_batch)  # torch update_bn, momentum=None
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, expected)
@@ -135,7 +136,7 @@ def test_recompute_on_train_data_is_device_count_invariant():
   results = []
   for n in (1, 4):
     devices = jax.devices()[:n]
-    stats = swa.recompute_on_train_data(
+    stats = evaluation.recompute_on_train_data(
         exp, flax.jax_utils.replicate(init.params, devices),
         flax.jax_utils.replicate(init.batch_stats, devices), batch_size=96, devices=devices)
     results.append(jax.device_get(jax.tree.map(lambda x: x[0], stats)))
@@ -156,6 +157,8 @@ def test_train_and_evaluate_reports_the_swa_model(tmp_path):
   assert 0.0 <= summary["swa_test_accuracy"] <= 1.0
   assert summary["swa_test_accuracy"] != summary["test_accuracy"] or \
       summary["swa_test_loss"] != summary["test_loss"]
+  # The run's result is the SWA model (lbjax.runners' summary contract).
+  assert summary["result_test_accuracy"] == summary["swa_test_accuracy"]
 
 
 def test_bad_swa_config_names_the_key():

@@ -1,20 +1,22 @@
-"""SWAP: vmapped replicas vs separate runs, device-count invariance, averaging, resume."""
+"""SWAP: each replica is the normal run of its phase-2 config, on any layout; averaging; resume;
+the callback through every phase."""
 
 import os
 import shutil
 
-import flax
 import jax
 import numpy as np
 import pytest
 
+from configs import sweeps
 from configs import swap_digits
 from lbjax import checkpoint as checkpoint_lib
-from lbjax import config_lib
 from lbjax import metrics as metrics_lib
+from lbjax import runners
+from lbjax import step as step_lib
 from lbjax import swap
-from lbjax import train
 from lbjax.errors import ConfigError
+from lbjax.optim import registry
 
 
 def tiny_config(**overrides):
@@ -27,53 +29,96 @@ def tiny_config(**overrides):
             "swap.num_epochs": 0.05, "log_every_steps": 2, "eval_every_epochs": 1.0,
             "checkpoint_every_steps": 2, "eval_batch_size": 360, "progress_bar": False,
             **overrides}
-  for key, value in values.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
-  return c
+  return sweeps.apply_overrides(c, values, where="test")
 
 
-def _close(a, b, tol=1e-5):
+def _close(a, b, tol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
 
 
-def _start(config):
-  """The phase-2 experiment and K replicas of a (briefly trained) phase-1 state."""
-  exp = train.build(swap.phase2_config(config))
-  state = exp.init_state()
-  return exp, swap.init_replicas(exp, state, config.swap.num_replicas)
+def _take(tree, k):
+  return jax.tree.map(lambda x: np.asarray(x)[k], tree)
 
 
-def _train(exp, replicas, seeds, steps, devices):
-  for _, states, _ in swap.train_replicas(exp, replicas, seeds, stop=steps, devices=devices):
-    pass
-  return swap.replicas_from_devices(states)
+def _phase1_state(config, data):
+  """Phase-1 weights: the initial state of phase 1's model after one large-batch step."""
+  exp1 = step_lib.build(swap.phase1_config(config), data)
+  devices = jax.devices()[:1]
+  state, _ = exp1.pmap_train_step(devices)(step_lib.replicate(exp1.init_state(), devices),
+                                            exp1.train_batch(0, local_device_count=1))
+  return step_lib.unreplicate(state)
 
 
-def test_vmapped_replicas_equal_separate_single_replica_runs_on_1_and_2_devices():
-  """Phase 2 as one vmap (on 1 device, and split over 2) == each replica's own one-device run."""
-  config = tiny_config(**{"swap.num_replicas": 2, "swa.enabled": True, "swa.period": 2})
-  exp, replicas = _start(config)
-  seeds = [swap.replica_seed(config, k) for k in range(2)]
-  runs = {n: _train(exp, replicas, seeds, 3, jax.devices()[:n]) for n in (1, 2)}
-  assert runs[1].step.tolist() == [3, 3]
+def _normal_run(config, data, state1, steps, devices):
+  """A normal run of ``config`` on ``devices`` from phase-1 weights ``state1``, by the launcher's
+  own pieces: its Experiment, a fresh optimizer state, its own data stream."""
+  exp = step_lib.build(config, data)
+  state = exp.init_state().replace(params=state1.params, batch_stats=state1.batch_stats,
+                                   opt_state=exp.tx.init(state1.params))
+  p_step = exp.pmap_train_step(devices)
+  state = step_lib.replicate(state, devices)
+  for s in range(steps):
+    state, _ = p_step(state, exp.train_batch(s, local_device_count=len(devices)))
+  return step_lib.unreplicate(state)
+
+
+def _swap_replicas(config, data, state1, steps, execution, devices):
+  exp = step_lib.build(swap.phase2_config(config), data)
+  replicas = swap.Replicas(exp, swap.init_replicas(config, data, state1), execution, devices)
+  for s in range(steps):
+    replicas.step(s)
+  return replicas.host_states()
+
+
+_LR = {"sgd": 0.05, "nag": 0.05, "lars": 0.5, "kfac": 0.02}
+CASES = {name: {"swap.optimizer": registry.config_block(name, learning_rate=_LR.get(name, 1e-3))}
+         for name in registry.OPTIMIZERS}
+CASES.update({
+    "smoothout": {"swap.smoothout.scale": 0.05, "swap.smoothout.annealing": "linear"},
+    "update_noise": {"swap.noise.scale": 1e-3},
+    "micro_batch_size": {"swap.micro_batch_size": 4, "swap.optimizer": registry.config_block(
+        "kfac", learning_rate=0.02)},
+})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_replica_k_is_the_normal_one_device_run_of_phase2_config_k(case):
+  """Replica k after 2 phase-2 steps == the normal one-device run of phase2_config(config, k)
+  from the same phase-1 weights, for vmap and loop, on 1 device (4 replicas on it) and on 4
+  (one replica each)."""
+  config = tiny_config(**CASES[case])
+  data = step_lib.load_data(config)
+  state1 = _phase1_state(config, data)
+  refs = [_normal_run(swap.phase2_config(config, k), data, state1, 2, jax.devices()[:1])
+          for k in range(4)]
+  for n in (1, 4):
+    for execution in swap.EXECUTIONS[1:]:
+      got = _swap_replicas(config, data, state1, 2, execution, jax.devices()[:n])
+      assert got.step.tolist() == [2] * 4 and got.seed.tolist() == [1, 2, 3, 4]
+      for k in range(4):
+        _close(_take(got, k), refs[k])
+  # The replicas differ (own data order, augmentation and keys).
+  assert max(np.abs(a[0] - a[1]).max() for a in jax.tree.leaves(got.params)) > 1e-5
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_two_replicas_on_four_devices_are_normal_two_device_runs(execution):
+  """K < D: each replica data-parallel over its own 2 devices (gradients, BatchNorm and K-FAC
+  statistics averaged within the pair) == the normal 2-device run of its config; with K-FAC,
+  micro-batches, Ghost BN, SmoothOut, update noise and SWA all on."""
+  config = tiny_config(**{
+      "swap.num_replicas": 2, "swap.micro_batch_size": 4, "model.ghost_batch_size": 2,
+      "swap.optimizer": registry.config_block("kfac", learning_rate=0.02),
+      "swap.smoothout.scale": 0.02, "swap.noise.scale": 1e-3, "swa.enabled": True,
+      "swa.period": 1})
+  data = step_lib.load_data(config)
+  state1 = _phase1_state(config, data)
+  got = _swap_replicas(config, data, state1, 2, execution, jax.devices()[:4])
   for k in range(2):
-    # Reference: replica k as a normal one-device run of its own config (its seed).
-    exp_k = train.build(swap.phase2_config(config, k), exp.data)
-    p_step = jax.pmap(exp_k.train_step, axis_name=train.AXIS, devices=jax.devices()[:1])
-    state = flax.jax_utils.replicate(jax.tree.map(lambda x: x[k], replicas), jax.devices()[:1])
-    for step in range(3):
-      state, _ = p_step(state, exp_k.train_batch(step, local_device_count=1))
-    single = jax.device_get(jax.tree.map(lambda x: x[0], state))
-    for vmapped in runs.values():
-      _close(jax.tree.map(lambda x, k=k: x[k], vmapped), single)
-  _close(runs[1], runs[2])
-  # The replicas differ (own data order and augmentation); each keeps its own SWA average.
-  assert max(np.abs(a[0] - a[1]).max() for a in jax.tree.leaves(runs[1].params)) > 1e-4
-  assert runs[1].opt_state.count.tolist() == [2, 2]  # the weights after steps 1 and 3
+    ref = _normal_run(swap.phase2_config(config, k), data, state1, 2,
+                      jax.devices()[2 * k:2 * k + 2])
+    _close(_take(got, k), ref)
+  assert got.opt_state.count.tolist() == [2, 2]  # each replica keeps its own SWA average
 
 
 def test_average_is_the_arithmetic_mean():
@@ -92,18 +137,41 @@ def test_bad_swap_config_names_the_key():
            ({"swap.batch_size": 0}, "config.swap.batch_size"),
            ({"swap.optimizer.name": "sgdd"}, "config.swap.optimizer.name"),
            ({"swap.schedule.warmup_epochs": 1.0}, "config.swap.schedule.warmup_epochs"),
-           ({"swap.phase1_stop_accuracy": 1.5}, "config.swap.phase1_stop_accuracy")]
+           ({"swap.phase1_stop_accuracy": 1.5}, "config.swap.phase1_stop_accuracy"),
+           ({"swap.execution": "pmap"}, "config.swap.execution"),
+           ({"swap.micro_batch_size": 5}, "config.swap.micro_batch_size"),
+           ({"swap.noise.annealing": "bogus"}, "config.swap.noise.annealing")]
   for overrides, key in cases:
     with pytest.raises(ConfigError) as e:
-      config_lib.validate(tiny_config(**overrides), device_count=4)
+      runners.validate(tiny_config(**overrides), device_count=4)
     assert e.value.key == key, (overrides, e.value)
-  exp, replicas = _start(tiny_config())
   with pytest.raises(ConfigError, match="config.swap.num_replicas"):
-    next(swap.train_replicas(exp, replicas, [1, 2, 3, 4], stop=1, devices=jax.devices()[:3]))
+    swap.device_groups(4, jax.devices()[:3])
+
+
+def test_micro_batch_size_is_checked_against_the_phase_it_applies_to():
+  # 64 per device divides phase 1's batch; phase 2's 16 examples per replica are not split.
+  runners.validate(tiny_config(micro_batch_size=64), device_count=4)
+  runners.validate(tiny_config(**{"swap.micro_batch_size": 8}), device_count=4)
+  with pytest.raises(ConfigError) as e:
+    runners.validate(tiny_config(micro_batch_size=48), device_count=4)
+  assert e.value.key == "config.micro_batch_size"
+
+
+def test_layouts():
+  d = jax.devices()[:4]
+  assert swap.device_groups(8, d) == [[d[0]], [d[0]], [d[1]], [d[1]], [d[2]], [d[2]], [d[3]],
+                                      [d[3]]]
+  assert swap.device_groups(2, d) == [[d[0], d[1]], [d[2], d[3]]]
+  assert swap.device_groups(1, d) == [d]
+  assert swap.resolve_execution("auto", "cpu") == "loop"
+  assert swap.resolve_execution("auto", "gpu") == swap.resolve_execution("auto", "tpu") == "vmap"
 
 
 def _replicas(workdir, config):
-  exp, template = _start(config)
+  data = step_lib.load_data(config)
+  exp = step_lib.build(swap.phase2_config(config), data)
+  template = swap.stack([jax.device_get(exp.init_state())] * config.swap.num_replicas)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "phase2", "checkpoints"))
   step, tree = ckpt.restore_latest(template)
   ckpt.close()
@@ -113,7 +181,7 @@ def _replicas(workdir, config):
 def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
   workdir = str(tmp_path / "swap")
   config = tiny_config()
-  summary = train.train_and_evaluate(config, workdir)  # the launcher's call: dispatches to SWAP
+  summary = runners.run(config, workdir)  # the launcher's call: dispatches to SWAP
   assert summary["status"] == "completed" and summary["phase"] == 3
   lines = capsys.readouterr().out.strip().splitlines()
   for k in range(4):
@@ -126,6 +194,7 @@ def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
   each = status["replica_test_accuracy"]
   assert len(each) == 4 and status["replica_mean_test_accuracy"] == pytest.approx(np.mean(each))
   assert float(lines[-1].split(": ")[1]) == pytest.approx(status["test_accuracy"], abs=1e-4)
+  assert summary["result_test_accuracy"] == summary["test_accuracy"]  # the averaged model
   assert metrics_lib.read_status(os.path.join(workdir, "phase1"))["step"] == \
       status["phase1_step"] == 6  # ceil(1437 / 256)
   final_step, final = _replicas(workdir, config)
@@ -154,3 +223,33 @@ def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, again, final)
   for key in ("test_accuracy", "test_loss", "replica_test_accuracy"):
     assert resumed[key] == pytest.approx(status[key], abs=1e-6), key
+
+
+def test_an_hpo_callback_sees_every_phase_and_can_stop_a_swap_run(tmp_path):
+  """What an HPO trial over a SWAP config sees (`lbjax.runners.run`): intermediate values from
+  phase 1 and phase 2 at increasing steps, and a true return stops the run (pruning)."""
+  config = tiny_config(**{"validation_fraction": 0.1, "eval_every_epochs": 0.1,
+                          "swap.num_epochs": 0.1, "swap.phase1_stop_accuracy": None})
+  seen = []
+
+  def report(step, metrics):
+    seen.append((step, metrics))
+    return len(seen) == 7  # prune at the first phase-2 value
+
+  summary = runners.run(config, str(tmp_path / "pruned"), callback=report)
+  steps = [s for s, _ in seen]
+  assert all({"test_accuracy", "validation_accuracy"} <= set(m) for _, m in seen)
+  # Phase 1: 6 steps of 1293 examples, evaluated after every step (the 6th is its final
+  # evaluation); phase 2 (9 steps of 16) evaluates after 8, reported as 6 + 8.
+  assert steps == [1, 2, 3, 4, 5, 6, 14]
+  assert summary["status"] == "stopped" and summary["phase"] == 2
+  assert metrics_lib.read_status(str(tmp_path / "pruned"))["status"] == "stopped"
+
+  seen.clear()
+  summary = runners.run(config, str(tmp_path / "full"), callback=lambda s, m: seen.append(
+      (s, m)) and False)
+  assert summary["status"] == "completed"
+  assert [s for s, _ in seen] == sorted({s for s, _ in seen})
+  last_step, last = seen[-1]
+  assert last["test_accuracy"] == summary["result_test_accuracy"]
+  assert last["validation_accuracy"] == summary["result_validation_accuracy"]

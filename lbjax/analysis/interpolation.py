@@ -23,7 +23,7 @@ comparable and a wider curve means a flatter minimum. One-dimensional tensors (b
 BatchNorm scale and offset) get :math:`d = 0`, as Li et al. do.
 
 At every point the BatchNorm running statistics are **recomputed** for :math:`\theta(\alpha)` by
-one pass over the training data (`lbjax.swa.recompute_on_train_data`): interpolating the
+one pass over the training data (`lbjax.evaluation.recompute_on_train_data`): interpolating the
 statistics of the two ends would describe neither network. Then the loss and accuracy are
 evaluated on the training and test sets (no augmentation, as in evaluation).
 """
@@ -34,7 +34,7 @@ import flax
 import jax
 import numpy as np
 
-from lbjax import swa
+from lbjax import evaluation
 from lbjax import train
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -116,7 +116,7 @@ class Evaluator:
     """The statistics used for ``params``: recomputed (host arrays), or ``batch_stats``."""
     if not self.recompute or not jax.tree.leaves(batch_stats):
       return batch_stats
-    stats = swa.recompute_on_train_data(
+    stats = evaluation.recompute_on_train_data(
         self.exp, flax.jax_utils.replicate(params, self.devices),
         flax.jax_utils.replicate(batch_stats, self.devices), devices=self.devices)
     return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(stats))
@@ -128,7 +128,7 @@ class Evaluator:
     stats_r = flax.jax_utils.replicate(stats, self.devices)
     results = {}
     for name, split in self.splits.items():
-      r = train.evaluate(self._p_eval, params_r, stats_r, split, batch_size=self.batch_size)
+      r = evaluation.evaluate(self._p_eval, params_r, stats_r, split, batch_size=self.batch_size)
       results.update({f"{name}_loss": r["loss"], f"{name}_accuracy": r["accuracy"]})
     return results
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
+from lbjax import swap
 from lbjax import train
 from lbjax.data import datasets
 from lbjax.errors import ConfigError
@@ -46,7 +47,6 @@ def _model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   """The config whose experiment builds a SWAP run's averaged model: phase 1's (same model,
   and its batch is the one phase 3 recomputes BatchNorm with)."""
   if config.get("swap") is not None and config.swap.enabled:
-    from lbjax import swap  # pylint: disable=g-import-not-at-top
     return swap.phase1_config(config)
   return config
 

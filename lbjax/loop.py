@@ -1,0 +1,215 @@
+"""The one training loop: a normal run, each SWAP phase and every HPO trial run through `run`.
+
+A runner (`lbjax.train`, `lbjax.swap`) builds its step and hands the loop an iterator that takes
+one step per ``next()`` and yields that step's metrics (on device). The loop does the rest, the
+same way for every runner:
+
+* **preemption**: SIGTERM/SIGINT set a flag (`Preemption`) that is read *once* per step, so a
+  signal arriving mid-step is acted on at the next step, with its checkpoint;
+* **metric flush**: per-step metrics stay on device until a log, checkpoint or evaluation step,
+  then their window means are written (``train_`` prefix) in one place, `Recorder.write_metrics`;
+* **divergence**: the first step with a non-finite loss or weight norm ends the run (``diverged``);
+* **checkpoint cadence**: every ``config.checkpoint_every_steps``, at the end, at a preemption and
+  when the callback stops the run, through `Recorder.save`;
+* **progress bar** (``config.progress_bar``) and ``status.json`` (`Recorder.write_status`);
+* **evaluation callback**: every ``config.eval_every_epochs`` the runner's ``evaluate(step)`` runs
+  and ``callback(step_offset + step, metrics)`` may stop the run (HPO pruning, SWAP's phase-1
+  threshold). ``step_offset`` keeps the reported steps increasing across SWAP's phases.
+"""
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from lbjax import checkpoint as checkpoint_lib
+from lbjax import metrics as metrics_lib
+
+Callback = Callable[[int, dict], bool]
+
+
+class Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then save and exit)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: checkpointing and exiting", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+class Recorder:
+  """A run directory's files, each written in one place: ``metrics.jsonl`` (`write_metrics`),
+  ``status.json`` (`write_status`) and the checkpoints (`save`, `restore`).
+
+  Only the primary process writes metrics and status; every process takes part in checkpoints
+  (orbax coordinates them). ``status_fields`` are added to every status (SWAP's ``phase``).
+  """
+
+  def __init__(self, workdir: str, *, keep: int, checkpoint_dir: str | None = None,
+               primary: bool | None = None, async_save: bool = True, **status_fields):
+    self.workdir = workdir
+    self.primary = jax.process_index() == 0 if primary is None else primary
+    self.status_fields = status_fields
+    os.makedirs(workdir, exist_ok=True)
+    self.checkpointer = checkpoint_lib.Checkpointer(
+        checkpoint_dir or os.path.join(workdir, "checkpoints"), keep=keep, async_save=async_save)
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=self.primary)
+
+  def write_config(self, config: ml_collections.ConfigDict) -> None:
+    if self.primary:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=1))
+
+  def restore(self, template) -> tuple[int | None, Any]:
+    """The latest readable checkpoint (or ``(None, template)``); later metric records, written
+    by a run killed before its next checkpoint, are dropped (this run writes them again)."""
+    restored_step, tree = self.checkpointer.restore_latest(template)
+    self.writer.truncate_after(restored_step or 0)
+    return restored_step, tree
+
+  def save(self, step: int, tree) -> None:
+    self.checkpointer.save(step, tree)
+
+  def write_metrics(self, step: int, metrics: dict, prefix: str = "") -> None:
+    self.writer.write(step, metrics, prefix=prefix)
+
+  def write_status(self, status: str, step: int, **fields) -> None:
+    if self.primary:
+      metrics_lib.write_status(self.workdir, status, step, **{**self.status_fields, **fields})
+
+  def close(self) -> None:
+    self.checkpointer.close()
+    self.writer.close()
+
+
+def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_steps: int,
+        steps: Iterator[Any], host_state: Callable[[], Any], evaluate: Callable[[int], dict],
+        steps_per_epoch: float, examples_per_step: int, num_replicas: int = 1,
+        callback: Callback | None = None, step_offset: int = 0) -> tuple[str, int]:
+  """Runs ``steps`` from ``start`` to ``total_steps``; returns ``(status, step)``.
+
+  Args:
+    rec: the run directory (metrics, status, checkpoints).
+    config: the run's config (log, evaluation and checkpoint cadence, progress bar).
+    start: the step the state is at.
+    total_steps: the step to stop at.
+    steps: each ``next()`` takes one step and yields its metrics (a dict of device arrays whose
+      leading axis is ``num_replicas`` times any number of identical copies, e.g. devices).
+    host_state: the current state as a host tree, for a checkpoint.
+    evaluate: ``evaluate(step) -> {"test_accuracy": ..., ...}`` at an intermediate evaluation;
+      the loop writes the results.
+    steps_per_epoch: for the ``epoch`` of every record and the evaluation cadence.
+    examples_per_step: images one step trains on (all replicas), for ``images_per_sec``.
+    num_replicas: replicas trained by one step (SWAP); their accuracies are also written
+      one by one (``train_replica_accuracy``).
+    callback: ``callback(step_offset + step, metrics)`` after every intermediate evaluation, with
+      the evaluation's and the last logging window's metrics (``train_accuracy``, ...); a true
+      return saves a checkpoint and ends the run with status ``stopped``.
+    step_offset: added to the steps the callback sees.
+
+  Returns:
+    ``status`` is ``completed``, ``diverged`` (``step``: the first non-finite step),
+    ``preempted`` or ``stopped``.
+  """
+  eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+  pending: list[Any] = []
+  last_train: dict[str, float] = {}
+  clock = {"time": time.time(), "step": start}
+
+  def flush(step: int) -> int | None:
+    """Writes the window means of the pending metrics; returns the first non-finite step."""
+    nonlocal pending
+    if not pending:
+      return None
+    rows = {k: np.stack([np.asarray(m[k]).reshape(num_replicas, -1) for m in jax.device_get(
+        pending)]) for k in pending[0]}  # [steps, replicas, copies]
+    first = step - len(pending) + 1
+    pending = []
+    finite = rows.pop("finite").all(axis=(1, 2))
+    if not finite.all():
+      bad = first + int(np.argmin(finite))
+      rec.write_metrics(bad, {"loss": float(np.mean(rows["loss"][bad - first])), "diverged": 1})
+      return bad
+    means = {k: float(np.mean(v)) for k, v in rows.items()}
+    if num_replicas > 1:
+      means["replica_accuracy"] = rows["accuracy"].mean(axis=(0, 2)).tolist()
+    now = time.time()
+    means["images_per_sec"] = ((step - clock["step"]) * examples_per_step
+                               / max(now - clock["time"], 1e-9))
+    means["epoch"] = step / steps_per_epoch
+    rec.write_metrics(step, means, prefix="train_")
+    last_train.update({f"train_{k}": v for k, v in means.items()})
+    clock.update(time=now, step=step)
+    return None
+
+  progress = None
+  if config.progress_bar and rec.primary and start < total_steps:
+    progress = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+                    mininterval=2.0)
+  status, step = "completed", start
+  with Preemption() as preemption:
+    for step, metrics in zip(range(start + 1, total_steps + 1), steps):
+      pending.append(metrics)
+      if progress is not None:
+        progress.update(1)
+      is_last = step == total_steps
+      # Read the flag once: a signal arriving later in this iteration is handled at the next
+      # step, so a preemption never breaks out without the save that goes with it.
+      preempted = preemption.requested and not is_last
+      save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+      evaluate_now = step % eval_every == 0 and not is_last
+      if step % config.log_every_steps == 0 or save or step % eval_every == 0:
+        bad_step = flush(step)
+        if bad_step is not None:
+          status, step = "diverged", bad_step
+          break
+      stop = False
+      if evaluate_now:
+        results = evaluate(step)
+        rec.write_metrics(step, {**results, "epoch": step / steps_per_epoch})
+        stop = callback is not None and bool(callback(step_offset + step,
+                                                      {**last_train, **results}))
+      if save or stop:
+        rec.save(step, host_state())
+      if preempted:
+        status = "preempted"
+        break
+      if stop:
+        status = "stopped"
+        break
+  if progress is not None:
+    progress.close()
+  return status, step
+
+
+def print_outcome(status: str, step: int, what: str = "training") -> None:
+  """The one line a run prints when it ends early."""
+  if status == "diverged":
+    print(f"lbjax: {what} diverged (non-finite loss) at step {step}", flush=True)
+  elif status == "preempted":
+    print(f"lbjax: preempted at step {step}; rerun the same command to resume", flush=True)
+  elif status == "stopped":
+    print(f"lbjax: stopped by the callback at step {step}", flush=True)

@@ -1,0 +1,275 @@
+"""The one train step: built once from a config, run by every runner (normal, SWAP, HPO trial).
+
+`build(config)` gives an `Experiment`: data, model, optimizer (with SWA when ``config.swa``),
+schedule and the per-device step functions. The train step is a pure function
+``(state, batch) -> (state, metrics)`` for ``jax.pmap`` over the named axis `AXIS`: gradients,
+the loss, K-FAC statistics and BatchNorm statistics are averaged with ``lax.pmean`` over it, so
+the result does not depend on the number of devices.
+
+Everything a run's randomness depends on is *data* in the `TrainState`: ``state.seed`` fixes the
+augmentation keys, SmoothOut's perturbation and K-FAC's sampled labels (`step_keys`), and the data
+order is read with the same seed (`Experiment.train_batch`). So one compiled step serves every
+SWAP replica: replica ``k`` is the state of seed ``k``'s run, not a step of its own.
+
+The path of one batch through one step (``make_step_parts``):
+
+  batch [b, ...] (rows of the seed's step-indexed stream, `lbjax.data.pipeline`)
+  → per-example keys ``fold_in(fold_in(PRNGKey(state.seed), step), position)``
+  → augmentation (`lbjax.data.augment`) → weights θ (+ δ with SmoothOut)
+  → forward/backward (with K-FAC capture: also the layers' statistics), per micro-batch
+  → ``pmean`` over `AXIS` of gradients, loss, BatchNorm and K-FAC statistics
+  → ``tx.update`` (optimizer, update noise, SWA average) → θ + u, metrics.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax import lax
+
+from lbjax import accumulate, config_lib, models, schedules, swa
+from lbjax.data import augment, datasets, pipeline
+from lbjax.errors import ConfigError
+from lbjax.optim import kfac_capture, registry, smoothout
+
+AXIS = "batch"
+
+
+class TrainState(struct.PyTreeNode):
+  """A run's whole state. ``seed`` (int32) is the run's seed as data (see the module doc)."""
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  seed: jnp.ndarray
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  return models.create(config.model.name, num_classes, axis_name=AXIS, **kwargs)
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int
+               ) -> TrainState:
+  """A fresh (unreplicated) train state; parameters from ``PRNGKey(seed)``."""
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    seed=jnp.asarray(seed, jnp.int32))
+
+
+def cross_entropy(logits, targets):
+  """Mean softmax cross-entropy against (possibly soft) targets [b, num_classes]."""
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def soft_accuracy(logits, targets):
+  """Mean target weight of the predicted class, ``mean_i targets_i[argmax logits_i]``.
+
+  0/1 accuracy for one-hot targets; for CutMix's mixed targets the credit is the predicted
+  label's share of the image (the expected 0/1 accuracy against a label drawn from the
+  targets), so a tie between two labels needs no rule.
+  """
+  predicted = jnp.argmax(logits, -1)
+  return jnp.mean(jnp.take_along_axis(targets, predicted[:, None], -1))
+
+
+def step_keys(seed, step, positions):
+  """Per-example keys: ``fold_in(fold_in(PRNGKey(seed), step), position)``.
+
+  ``positions`` is each example's row in the global batch, so the keys, and with them the
+  augmentation, do not depend on how the batch is split over devices and hosts. ``seed`` may be
+  traced (``state.seed``).
+  """
+  step_key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+  return jax.vmap(lambda p: jax.random.fold_in(step_key, p))(positions)
+
+
+def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
+                    augment_mode: str, num_classes: int, mean, std,
+                    learning_rate: optax.Schedule,
+                    perturb: Callable | None = None,
+                    capture: Callable | None = None) -> accumulate.StepParts:
+  """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
+
+  ``perturb(params, step, seed)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the
+  gradient is taken at the perturbed weights and the update applied to the unperturbed ones.
+
+  ``capture`` (K-FAC, ``lbjax.optim.kfac_capture.from_config``) replaces ``jax.value_and_grad``
+  with the same forward/backward pass that also returns the layers' curvature statistics; they are
+  averaged over AXIS and passed to ``tx.update`` as ``kfac_stats``.
+  """
+
+  def loss_fn(params, batch_stats, images, targets):
+    logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                   train=True, mutable=["batch_stats"])
+    return cross_entropy(logits, targets), (logits, new_vars.get("batch_stats", {}))
+
+  def terms(state: TrainState, batch):
+    """This device's means over ``batch`` (a micro-batch under accumulation)."""
+    keys = step_keys(state.seed, state.step, batch["position"])
+    images, targets = augment.apply(batch, keys, mode=augment_mode, num_classes=num_classes,
+                                    mean=mean, std=std, train=True)
+    # SmoothOut's δ depends on (seed, step) only, so every device of a run perturbs identically.
+    grad_params = (state.params if perturb is None
+                   else perturb(state.params, state.step, seed=state.seed))
+    stats = None
+    if capture is None:
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          grad_params, state.batch_stats, images, targets)
+    else:
+      (loss, (logits, batch_stats)), grads, stats = capture(
+          grad_params, state.batch_stats, images, targets, keys)
+    return {"loss": loss, "accuracy": soft_accuracy(logits, targets), "grads": grads,
+            "batch_stats": batch_stats, "kfac_stats": stats}
+
+  def apply(state: TrainState, terms):
+    # Gradients, loss and K-FAC statistics averaged over AXIS. BatchNorm already normalises
+    # with global-batch statistics (axis_name); averaging the running statistics also keeps
+    # devices identical when ghost batches are local.
+    terms = lax.pmean(terms, AXIS)
+    extra_args = {} if capture is None else {"kfac_stats": terms["kfac_stats"]}
+    grads, batch_stats, loss = terms["grads"], terms["batch_stats"], terms["loss"]
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
+    params = optax.apply_updates(state.params, updates)
+    param_norm = optax.tree.norm(params)
+    update_norm = optax.tree.norm(updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": terms["accuracy"],
+        "learning_rate": learning_rate(state.step),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": param_norm,
+        "update_norm": update_norm,
+        "update_ratio": update_norm / (param_norm + 1e-12),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(param_norm),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return accumulate.StepParts(terms, apply)
+
+
+def make_eval_step(model: nn.Module, *, num_classes: int, mean, std, augment_mode: str
+                   ) -> Callable:
+  """Per-device ``(params, batch_stats, batch) -> sums``; padded examples have mask 0."""
+
+  def eval_step(params, batch_stats, batch):
+    keys = jax.random.split(jax.random.PRNGKey(0), batch["label"].shape[0])
+    images, targets = augment.apply(batch, keys, mode=augment_mode, num_classes=num_classes,
+                                    mean=mean, std=std, train=False)
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+    mask = batch["mask"]
+    losses = optax.softmax_cross_entropy(logits, targets)
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    sums = {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask)}
+    return lax.psum(sums, AXIS)
+
+  return eval_step
+
+
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+  """``tree`` copied to ``devices`` (default: all local) along a new leading axis.
+
+  The arrays carry the sharding ``jax.pmap(..., axis_name=AXIS)`` gives its outputs, so a
+  pmapped step compiles once. ``flax.jax_utils.replicate``'s arrays name their mesh axis
+  differently, and with jax 0.10 the second call, on the step's own outputs, compiles again.
+  """
+  devices = jax.local_devices() if devices is None else list(devices)
+  sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
+  stack = lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x))
+  return jax.device_put(jax.tree.map(stack, tree), sharding)
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated ``tree``, on the host."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+class Experiment(NamedTuple):
+  """Everything built from a config, shared by training, SWAP, HPO, benchmarks and tests."""
+  config: ml_collections.ConfigDict
+  data: datasets.Dataset
+  model: nn.Module
+  tx: optax.GradientTransformation
+  learning_rate: optax.Schedule
+  steps_per_epoch: float
+  total_steps: int
+  train_step: Callable      # per-device (state, batch) -> (state, metrics); pmap over AXIS
+  eval_step: Callable       # per-device (params, batch_stats, batch) -> sums
+  train_parts: accumulate.StepParts  # train_step's pieces, for accumulation on the host
+
+  def init_state(self) -> TrainState:
+    return init_state(self.model, self.tx, self.data.train["image"].shape[1:], self.config.seed)
+
+  def pmap_train_step(self, devices: Sequence[jax.Device] | None = None) -> Callable:
+    """The host-level ``(replicated state, batch) -> (state, metrics)`` over ``devices``
+    (default: all local), state donated: ``jax.pmap(train_step)``, or the host loop of
+    micro-steps when ``config.accumulation`` resolves to ``"host"`` (``lbjax/accumulate.py``)."""
+    return accumulate.pmap_train_step(
+        self.train_parts, self.config.get("micro_batch_size"),
+        self.config.get("accumulation", "auto"), axis_name=AXIS, devices=devices)
+
+  def pmap_eval_step(self, devices: Sequence[jax.Device] | None = None) -> Callable:
+    return jax.pmap(self.eval_step, axis_name=AXIS, devices=devices)
+
+  def train_batch(self, step: int, local_device_count: int | None = None,
+                  seed: int | None = None) -> pipeline.Batch:
+    """Global batch ``step`` of the stream of ``seed`` (default ``config.seed``), this process's
+    rows split over ``local_device_count`` devices (default: all local)."""
+    return pipeline.train_batch(
+        self.data.train, step, batch_size=self.config.batch_size,
+        seed=self.config.seed if seed is None else seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        local_device_count=local_device_count or jax.local_device_count())
+
+
+def _has_batch_norm(model: nn.Module, data: datasets.Dataset) -> bool:
+  """Whether ``model`` keeps BatchNorm statistics (traced abstractly: nothing is computed)."""
+  image = jax.ShapeDtypeStruct((1, *data.train["image"].shape[1:]), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), image)
+  return bool(jax.tree.leaves(variables.get("batch_stats", {})))
+
+
+def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
+  return datasets.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                       validation_fraction=config.validation_fraction, seed=config.seed)
+
+
+def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = None
+          ) -> Experiment:
+  """Builds data, model, optimizer and the per-device step functions of ``config``."""
+  data = load_data(config) if data is None else data
+  num_train = len(data.train["label"])
+  steps_per_epoch = config_lib.steps_per_epoch(num_train, config.batch_size)
+  total_steps = config_lib.total_steps(config.num_epochs, num_train, config.batch_size)
+  learning_rate = schedules.build_learning_rate(config, steps_per_epoch, total_steps)
+  tx = registry.from_config(config, learning_rate, total_steps)
+  tx = swa.from_config(config, tx, steps_per_epoch)  # config.swa: W_swa kept in opt_state
+  model = create_model(config, data.num_classes)
+  if config.model.get("ghost_batch_size") is not None and not _has_batch_norm(model, data):
+    raise ConfigError("config.model.ghost_batch_size",
+                      f"model {config.model.name!r} has no BatchNorm layers, so ghost batches "
+                      "cannot act; leave it unset")
+  mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
+  train_parts = make_step_parts(model, tx, augment_mode=config.augment,
+                                num_classes=data.num_classes, mean=mean, std=std,
+                                learning_rate=learning_rate,
+                                perturb=smoothout.from_config(config, total_steps),
+                                capture=kfac_capture.from_config(config.optimizer, model,
+                                                                 cross_entropy))
+  train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"))
+  eval_step = make_eval_step(model, num_classes=data.num_classes, mean=mean, std=std,
+                             augment_mode=config.augment)
+  return Experiment(config, data, model, tx, learning_rate, steps_per_epoch, total_steps,
+                    train_step, eval_step, train_parts)
