@@ -398,12 +398,13 @@ def postgres():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def start_worker(study, storage, trials, workdir, log_path, grace_period=3):
-  """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second."""
+def start_worker(study, storage, trials, workdir, log_path, grace_period=3, **overrides):
+  """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second;
+  ``overrides`` change TINY."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
              "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
+  overrides = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          *overrides, "--config.hpo.heartbeat_interval=1",
          f"--config.hpo.grace_period={grace_period}",
@@ -513,7 +514,9 @@ def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
   url = postgres.url.replace("postgres@", "postgres:s3cret@")
   logs = [str(tmp_path / f"worker{i}.log") for i in range(2)]
   runs = str(tmp_path / "runs")
-  procs = [start_worker("sgd_restart", url, n, runs, log, grace_period=60) for log in logs]
+  # Half of TINY: 20 steps, one evaluation.
+  procs = [start_worker("sgd_restart", url, n, runs, log, grace_period=60, num_epochs=0.49,
+                        eval_every_epochs=0.49) for log in logs]
   storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
   deadline = time.time() + 600
   try:
