@@ -173,3 +173,30 @@ def test_command_gives_the_same_numbers_on_one_and_on_four_devices(tmp_path):
   direct = np.mean([float(batch_loss(solution.params, jax.tree.map(lambda x: x[0], b)))
                     for b in batches])
   assert r1["train_loss"] == pytest.approx(direct, rel=1e-5)
+
+
+def test_the_commands_loss_uses_batchnorm_in_evaluation_mode():
+  """With running statistics (evaluation mode) each example's loss does not depend on the rest
+  of its batch: the batch loss is the mean of the one-example losses, and it changes when the
+  running statistics do. (With batch statistics, training mode, neither would hold.)"""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+
+  config = quickstart.get_config()
+  config.model.name, config.image_size, config.batch_size = "resnet_tiny", 8, 8
+  exp = sharpness.step_lib.build(config)
+  state = jax.device_get(exp.init_state())
+  rng = np.random.default_rng(0)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, x: (rng.uniform(0.5, 2.0, x.shape) if path[-1].key == "var"
+                       else rng.normal(0.0, 0.2, x.shape)).astype(np.float32), state.batch_stats)
+  solution = runs.Solution("/nonexistent", config, exp, state.params, stats, 0, None)
+  batch = sharpness.train_batches(solution, 1, devices=jax.local_devices()[:1])[0]
+  batch = jax.tree.map(lambda x: x[0], batch)  # one device's 8 examples
+  batch_loss = jax.jit(sharpness.train_loss(solution))
+  loss = float(batch_loss(state.params, batch))
+  singles = [float(batch_loss(state.params, jax.tree.map(lambda x, i=i: x[i:i + 1], batch)))
+             for i in range(8)]
+  assert np.std(singles) > 1e-3  # the examples' losses differ: the model is not constant
+  assert loss == pytest.approx(np.mean(singles), rel=1e-5)
+  other = solution._replace(batch_stats=jax.tree.map(lambda x: x * 2.0, stats))
+  assert abs(float(jax.jit(sharpness.train_loss(other))(state.params, batch)) - loss) > 1e-3
