@@ -28,7 +28,7 @@ HPO_DEFAULTS: dict[str, Any] = {
     "heartbeat_interval": 60,     # seconds between a running trial's heartbeats
     "grace_period": 180,          # seconds without heartbeat before a trial is stale
     "max_retry": 3,               # re-runs of a trial whose worker died
-    "reconnect_seconds": 120,     # how long a worker retries a lost study database (0: never)
+    "reconnect_seconds": 120,     # how long a worker retries a lost study database (0: no retry)
     "keep_trial_checkpoints": False,  # keep finished trials' checkpoints (metrics always kept)
     "compilation_cache": "jax_cache",  # launcher: JAX's persistent cache, under WORKDIR ("": off)
 }

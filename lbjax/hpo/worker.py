@@ -90,8 +90,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Checks the search space, the HPO settings and the config at the low end of every range."""
   space.settings(config)
   space.validate_search_space(config)
-  config_lib.validate(space.trial_config(config, space.corner(config)),
-                      device_count=device_count)
+  runners.validate(space.trial_config(config, space.corner(config)), device_count=device_count)
 
 
 def _original_number(trial: optuna.Trial) -> int:
@@ -139,10 +138,9 @@ def make_objective(config: ml_collections.ConfigDict, study_dir: str,
       raise optuna.TrialPruned(f"diverged (non-finite loss) at step {summary['step']}")
     if status == "stopped":
       raise optuna.TrialPruned(f"pruned at step {summary['step']}")
-    for key in ("validation_accuracy", "test_accuracy"):
-      trial.set_user_attr(f"result_{key}", summary.get(f"result_{key}", summary[key]))
-    # TODO(core): drop the fallback once runners.run's summary carries result_validation_accuracy.
-    return summary.get("result_validation_accuracy", summary["validation_accuracy"])
+    for key in ("result_validation_accuracy", "result_test_accuracy"):
+      trial.set_user_attr(key, summary[key])
+    return summary["result_validation_accuracy"]
 
   return objective
 
@@ -237,10 +235,10 @@ def run_worker(config: ml_collections.ConfigDict, *, study_name: str, trials: in
         print(f"lbjax.hpo: {e}; re-queued, exiting", flush=True)
         break
       except Exception as e:  # pylint: disable=broad-except
-        if not (storage_lib.is_connection_error(e) and hpo["reconnect_seconds"]):
+        if not storage_lib.is_connection_error(e):
           raise
         section.close()
-        storage_lib.wait_for_database(url, hpo["reconnect_seconds"], e)
+        storage_lib.wait_for_database(url, hpo["reconnect_seconds"], e)  # or a ConfigError
       finally:
         section.close()
   return counts(study.get_trials(deepcopy=False))
