@@ -2,8 +2,8 @@
 database restart.
 
 A study lives in an Optuna RDB storage: ``sqlite:///PATH`` on one host, ``postgresql://`` for
-workers on many hosts. Passwords never leave this module in clear: every URL printed, logged or
-put into an error goes through `shown` (SQLAlchemy's ``render_as_string(hide_password=True)``,
+workers on many hosts. Passwords are never printed: every URL printed, logged or put into an
+error goes through `shown` (SQLAlchemy's ``render_as_string(hide_password=True)``,
 ``postgresql://hpo:***@host:5432/hpo``), and error texts through `mask`. libpq reads a password
 from ``~/.pgpass`` or ``PGPASSWORD`` when the URL has none, which keeps it off command lines.
 
