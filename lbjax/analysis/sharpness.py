@@ -53,7 +53,7 @@ from absl import app, flags, logging
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from lbjax import train as step_lib  # AXIS: the model's named device axis
+from lbjax import step as step_lib  # AXIS (the model's named device axis), replicate, build
 from lbjax.analysis import runs
 from lbjax.data import augment, pipeline
 from lbjax.errors import ConfigError
