@@ -99,7 +99,7 @@ def test_ema_across_windows_matches_its_recursion_and_tracks_the_exact_value():
   ema = noise_scale.NoiseScaleEMA()
   assert np.isnan(ema.b_simple) and np.isnan(ema.values()["grad_sq"])
   decay, window = 0.8, 20
-  windows = []
+  windows, sq_pairs = [], []
   for start in range(0, 800, window):  # the loop: window means of the two logged metrics
     grads = problem.per_example_grads(problem.sample(np.random.default_rng(start), (window, 4,
                                                                                      16)))
@@ -107,6 +107,7 @@ def test_ema_across_windows_matches_its_recursion_and_tracks_the_exact_value():
     sq_small = float(np.mean(np.sum(small**2, -1)))
     sq_big = float(np.mean(np.sum(small.mean(axis=1) ** 2, -1)))
     windows.append(noise_scale.simple_noise_scale(sq_small, sq_big, 16, 64)[:2])
+    sq_pairs.append((sq_small, sq_big))
     ema = ema.update(sq_small, sq_big, 16, 64, decay=decay)
   windows = np.asarray(windows)
   t = len(windows)
@@ -118,6 +119,11 @@ def test_ema_across_windows_matches_its_recursion_and_tracks_the_exact_value():
   assert values["trace_sigma"] == pytest.approx(ref_s / (1 - decay**t), rel=1e-9)
   assert values["noise_scale"] == ema.b_simple == pytest.approx(ref_s / ref_g, rel=1e-9)
   assert ema.b_simple == pytest.approx(problem.exact_b_simple, rel=0.1)
+  # Replaying metrics.jsonl's window records (as a resumed run would) gives the same averages.
+  records = [{"step": 1, "test_accuracy": 0.5}] + [
+      {"step": 20 * (i + 1), "train_grad_sq_small": s, "train_grad_sq_big": b}
+      for i, (s, b) in enumerate(sq_pairs)]
+  assert noise_scale.NoiseScaleEMA.replay(records, 16, 64, decay=decay) == ema
   with pytest.raises(ValueError, match="decay"):
     ema.update(1.0, 0.5, 16, 64, decay=1.0)
 

@@ -27,6 +27,7 @@ averaged gradient the optimizer applies. On one device without micro-batches the
 split into two halves.
 """
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -119,6 +120,21 @@ class NoiseScaleEMA(NamedTuple):
     return NoiseScaleEMA(decay * self.g_sq + (1.0 - decay) * g_sq,
                          decay * self.trace_sigma + (1.0 - decay) * trace_sigma,
                          decay * self.weight + (1.0 - decay))
+
+  @classmethod
+  def replay(cls, records: Iterable[dict], b_small, b_big, decay: float = 0.9
+             ) -> "NoiseScaleEMA":
+    """The averages after the windows logged in ``records`` (``metrics.jsonl``'s records, in
+    order; those without ``train_grad_sq_small`` and ``train_grad_sq_big`` are skipped).
+
+    A resumed run truncates ``metrics.jsonl`` to its checkpoint's step, so replaying it gives
+    the same averages as a run that was never interrupted.
+    """
+    ema = cls()
+    for r in records:
+      if "train_grad_sq_small" in r and "train_grad_sq_big" in r:
+        ema = ema.update(r["train_grad_sq_small"], r["train_grad_sq_big"], b_small, b_big, decay)
+    return ema
 
   @property
   def b_simple(self) -> float:
