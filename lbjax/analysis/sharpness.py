@@ -36,6 +36,7 @@ them with ``lax.pmean`` of the per-device result, summed over the batches on the
 The numbers go to ``RUN/sharpness.json`` and a table to stdout.
 """
 
+import functools
 import json
 import os
 import sys
@@ -67,11 +68,24 @@ class Objective(NamedTuple):
   """A scalar loss near ``x0`` as host functions of flat float64 vectors.
 
   ``hvp`` is the Hessian at ``x0`` times ``v`` (``[n]`` or a stack ``[m, n]``); the device
-  computes in the parameters' dtype, the host sees float64.
+  computes in the parameters' dtype (matrix products at full precision), the host sees float64.
   """
   x0: np.ndarray                                            # [n] float64: the parameters
   value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]]
   hvp: Callable[[np.ndarray], np.ndarray]
+
+
+def _full_precision(fn: Callable) -> Callable:
+  """``fn`` run with float32 matrix products at full precision (``"highest"``: no TF32 or
+  bfloat16 passes on GPUs and TPUs; no effect on CPUs). A Hessian-vector product is a derivative
+  of the gradient and keeps none of the digits the products round away."""
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with jax.default_matmul_precision("highest"):
+      return fn(*args)
+
+  return wrapped
 
 
 def _hvp(loss_fn: Callable, params, v):
@@ -94,6 +108,7 @@ def objective(loss_fn: Callable[[Any], jnp.ndarray], params) -> Objective:
     p = unravel(flat)
     return jax.vmap(lambda v: ravel_pytree(_hvp(loss_fn, p, unravel(v)))[0])(vs)
 
+  @_full_precision
   def host_value_and_grad(x):
     value, grad = value_and_grad(jnp.asarray(x, dtype))
     return float(value), np.asarray(grad, np.float64)
@@ -105,6 +120,7 @@ def objective(loss_fn: Callable[[Any], jnp.ndarray], params) -> Objective:
 def _stacked(hvp_stack: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
   """Lets an ``[m, n] -> [m, n]`` product also take one ``[n]`` vector."""
 
+  @_full_precision
   def hvp(v):
     v = np.asarray(v, np.float64)
     return hvp_stack(v[None])[0] if v.ndim == 1 else hvp_stack(v)
@@ -285,6 +301,7 @@ def data_parallel_objective(batch_loss: Callable[[Any, Any], jnp.ndarray], param
   replicate = lambda a: step_lib.replicate(np.asarray(a, dtype), devices)
   x0_rep = replicate(flat)
 
+  @_full_precision
   def host_value_and_grad(x):
     x_rep = replicate(x)
     value, grad = 0.0, np.zeros(flat.size)
