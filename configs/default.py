@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimizer (lbjax/optim/registry.py): every field but `name` is a keyword of the factory.
   # Holds a placeholder for every registered optimizer's hyperparameters; None = its default.
+  # `mask`: kernels (default: biases and BatchNorm get no weight decay / layer-wise rate) | all;
+  # `fisher` (kfac): empirical | sampled, read by the statistics capture. The readings the seeds
+  # leave open (sgd.lr_in_buffer, nag.damped, ...) are listed in WORKSPACE.md.
   c.optimizer = registry.config_block("sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
                                       weight_decay=5e-4)
 

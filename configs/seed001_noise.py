@@ -13,10 +13,13 @@ the interpolation (`lbjax.analysis.interpolate`) the LB solution's sharp minimum
 flattened by the noise (Fig. 3d). The seed names annealing of the noise as future work (§4); the
 sweep runs each noise level with and without it.
 
-Assumptions (the seed states none of them): VGG9 trained as Li et al. (2018) train it for their
-SB-vs-LB comparison of the same network — momentum SGD, lr 0.1 at both batch sizes (no scaling),
-momentum 0.9, weight decay 5e-4, 300 epochs, lr × 0.1 at epochs 150, 225 and 275; noise levels
-n ∈ {3, 4, 5}; annealing is exponential from 10^-n down to 10^-n/100 over the run.
+Assumptions (the seed states none of them): the hyperparameters of Li et al. (2018)'s SB-vs-LB
+comparison of the same network — lr 0.1 at both batch sizes (no scaling), momentum 0.9, weight
+decay 5e-4, 300 epochs, lr × 0.1 at epochs 150, 225 and 275 — with two differences from how Li et
+al. train it: plain (not Nesterov) momentum SGD, and weight decay on kernels only (they decay
+every parameter). ``--config.optimizer.nesterov=True --config.optimizer.mask=all`` runs their
+form. Noise levels n ∈ {3, 4, 5}; annealing is exponential from 10^-n down to 10^-n/100 over
+the run.
 
 ``sweep()`` = {SB, LB} × {baseline, 10^-3, 10^-4, 10^-5} × {constant, annealed noise} (14 runs).
 The argument ``method=smoothout`` puts the same noise levels on SmoothOut (the gradient taken at

@@ -31,5 +31,5 @@ SEARCH_SPACE = {
 
 def get_config(arg=None):
   options = seed002_common.options_of(arg)
-  return seed002_common.base(options["bs"], {"name": "adam", **TABLE1[options["bs"]]},
+  return seed002_common.base(options["bs"], {"name": "adam", **TABLE1[options["row"]]},
                              SEARCH_SPACE, options["data"])

@@ -37,7 +37,7 @@ SEARCH_SPACE = {
 
 def get_config(arg=None):
   options = seed002_common.options_of(arg)
-  c = seed002_common.base(options["bs"], {"name": "kfac", **TABLE1[options["bs"]]},
+  c = seed002_common.base(options["bs"], {"name": "kfac", **TABLE1[options["row"]]},
                           SEARCH_SPACE, options["data"])
   # Not in Table 1; listed so that the command line can change them (lbjax/optim/kfac.py).
   c.optimizer.inverse_update_period = 1  # inverses every step: cheap for LeNet5's layers

@@ -20,7 +20,9 @@ hybrid     93.69      95.88      93.86
 The claim to reproduce: the hybrid's accuracy varies least over the three learning rates, and
 Adam diverges at η = 0.1 (the report shows it as "diverged"). NAG at η = 0.1 is Table 1's last
 row. The argument is an optimizer name (one row; default ``hybrid``, η = 0.01) and/or
-``seeds=N``; ``sweep()`` is all 18 cells::
+``seeds=N``, ``nag=damped|undamped`` (NAG's reading, see ``configs/seed003_ablation.py``) and
+``eps=X`` (the hybrid's ε, default 1e-8: the seed gives none, see `lbjax/optim/hybrid.py`);
+``sweep()`` is all 18 cells::
 
     python -m experiments.run --config=configs/seed003_table2.py --root=runs/seed003_table2 \
         --data_dir=/data/tfds
@@ -53,12 +55,20 @@ SEED_TABLE2 = {
 }
 
 
-def optimizer_overrides(name: str, learning_rate: float) -> dict:
+OPTIONS = {"seeds": 1, "nag": "damped", "eps": 1e-8}
+
+
+def optimizer_overrides(name: str, learning_rate: float, nag: str = "damped",
+                        eps: float = 1e-8) -> dict:
   """The optimizer block of one cell: ``name`` at ``learning_rate`` with its weight decay (NAG's
-  momentum is μ = 0.9; the adaptive methods keep their default β1, β2, ε)."""
+  momentum is μ = 0.9, ``nag`` its reading; the hybrid's ε is ``eps``; the other adaptive
+  methods keep their default β1, β2, ε)."""
   block = {"name": name, "learning_rate": learning_rate, "weight_decay": WEIGHT_DECAY[name]}
   if name == "nag":
     block["momentum"] = 0.9
+    block["damped"] = seed003_ablation.nag_damped(nag)
+  if name == "hybrid":
+    block["eps"] = eps
   # Adam has no weight decay to switch off.
   wd_off = None if WEIGHT_DECAY[name] == 0.0 else 0.75
   return {"optimizer": registry.config_block(**block).to_dict(),
@@ -72,17 +82,19 @@ def _options(arg):
   if name not in WEIGHT_DECAY:
     raise ValueError(f"config argument: an optimizer of {OPTIMIZERS} (optionally ,seeds=N), "
                      f"got {name!r}")
-  return name, sweeps.options(rest, {"seeds": 1})
+  return name, sweeps.options(rest, OPTIONS)
 
 
 def get_config(arg=None):
-  name, _ = _options(arg)
+  name, opts = _options(arg)
   return sweeps.apply_overrides(seed003_ablation.recipe("wd_off"),
-                                optimizer_overrides(name, 0.01), where="configs/seed003_table2.py")
+                                optimizer_overrides(name, 0.01, opts["nag"], opts["eps"]),
+                                where="configs/seed003_table2.py")
 
 
 def sweep(arg=None):
   _, opts = _options(arg)
-  runs = [{"run_name": f"{name},lr={lr!r}", **optimizer_overrides(name, lr)}
+  runs = [{"run_name": f"{name},lr={lr!r}", **optimizer_overrides(name, lr, opts["nag"],
+                                                                   opts["eps"])}
           for name in OPTIMIZERS for lr in LEARNING_RATES]
   return sweeps.with_seeds(runs, opts["seeds"])

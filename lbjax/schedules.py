@@ -26,7 +26,7 @@ Configs give epochs; `steps_per_epoch` (float, N / global batch) converts them o
 """
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
@@ -98,7 +98,7 @@ COUNTED_FROM_START = ("constant", "step", "multistep")
 
 def build_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: float,
                         total_steps: int) -> optax.Schedule:
-  """The learning-rate schedule of ``config.schedule`` applied to ``config.optimizer.learning_rate``.
+  """The learning-rate schedule of ``config.schedule`` times ``config.optimizer.learning_rate``.
 
   The schedule counts optimizer updates of the global batch, from 0 at the first update.
   ``step``/``multistep`` milestones are epochs of the whole run (see the module docstring).
@@ -107,7 +107,7 @@ def build_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: floa
   check_choice("config.schedule.name", cfg.name, SCHEDULES)
   base = scaled_learning_rate(config.optimizer.learning_rate, config.batch_size,
                               cfg.base_batch_size)
-  warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+  warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
   if cfg.name in COUNTED_FROM_START:
     main = SCHEDULES[cfg.name](base, total_steps, steps_per_epoch, cfg)
     if warmup_steps <= 0:
@@ -121,7 +121,7 @@ def build_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: floa
 
 
 def build_weight_decay(config: ml_collections.ConfigDict, total_steps: int,
-                       weight_decay: float) -> Optional[optax.Schedule]:
+                       weight_decay: float) -> optax.Schedule | None:
   """``weight_decay`` switched off after ``config.schedule.weight_decay_off_fraction`` of training.
 
   Returns None when the key is unset (the optimizer keeps its constant ``weight_decay``). The
@@ -131,7 +131,7 @@ def build_weight_decay(config: ml_collections.ConfigDict, total_steps: int,
   fraction = config.schedule.get("weight_decay_off_fraction")
   if fraction is None:
     return None
-  off_step = int(round(fraction * total_steps))
+  off_step = round(fraction * total_steps)
   return optax.piecewise_constant_schedule(weight_decay, {off_step: 0.0})
 
 

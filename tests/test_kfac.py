@@ -7,6 +7,8 @@ damping, ``np.linalg.inv`` and ``A⁻¹ [∇W; ∇b] G⁻¹``. The JAX side runs
 interceptor, one forward/backward pass) and :func:`lbjax.optim.kfac.scale_by_kfac`.
 """
 
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ import optax
 import pytest
 
 from lbjax.errors import ConfigError
-from lbjax.optim import kfac_capture
+from lbjax.optim import kfac_capture, registry
 from lbjax.optim.kfac import kfac, scale_by_kfac
 
 RTOL = ATOL = 1e-5
@@ -274,10 +276,36 @@ def test_unsupported_layers_are_left_to_sgd_and_shared_layers_refused():
     kfac_capture.make_capture(Shared(), cross_entropy)(params, {}, x, jnp.ones((2, 4)) / 4, None)
 
 
-def test_bad_hyperparameters_name_their_config_key():
-  with pytest.raises(ConfigError, match="config.optimizer.fisher"):
-    kfac(0.1, fisher="exact")
-  with pytest.raises(ConfigError, match="config.optimizer.damping"):
-    kfac(0.1, damping=0.0)
-  with pytest.raises(ConfigError, match="config.optimizer.inverse_update_period"):
-    kfac(0.1, inverse_update_period=0)
+@pytest.mark.parametrize("kwargs,argument", [
+    ({"damping": 0.0}, "damping"),
+    ({"inverse_update_period": 0}, "inverse_update_period"),
+    ({"inverse_update_period": True}, "inverse_update_period"),
+    ({"cov_ema_decay": 1.0}, "cov_ema_decay"),
+    ({"momentum": -0.1}, "momentum"),
+])
+def test_bad_arguments_raise_value_error_and_the_registry_names_the_config_key(kwargs, argument):
+  with pytest.raises(ValueError) as e:
+    kfac(0.1, **kwargs)
+  assert e.value.argument == argument
+  block = registry.config_block("kfac", learning_rate=0.1, **kwargs)
+  with pytest.raises(ConfigError) as e:
+    registry.validate(block)
+  assert e.value.key == f"config.optimizer.{argument}"
+
+
+def test_fisher_is_the_captures_setting_not_the_optimizers():
+  assert "fisher" not in inspect.signature(kfac).parameters
+  assert "fisher" in registry.hyperparameters("kfac")
+  with pytest.raises(ValueError, match="fisher"):
+    kfac_capture.make_capture(DenseNet(), cross_entropy, fisher="exact")
+  with pytest.raises(ConfigError) as e:
+    registry.validate(registry.config_block("kfac", learning_rate=0.1, fisher="exact"))
+  assert e.value.key == "config.optimizer.fisher"
+  with pytest.raises(ConfigError) as e:  # a capture key on an optimizer without statistics
+    registry.validate(registry.config_block("sgd", learning_rate=0.1, fisher="sampled"))
+  assert e.value.key == "config.optimizer.fisher"
+  block = registry.config_block("kfac", learning_rate=0.1)
+  assert kfac_capture.settings(block) == {"fisher": "empirical"}
+  block.fisher = "sampled"
+  assert kfac_capture.settings(block) == {"fisher": "sampled"}
+  registry.build(block, 0.1)  # the registry keeps `fisher` away from the factory

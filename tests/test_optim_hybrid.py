@@ -6,11 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_reference import (
+  NoisyQuadratic,
+  assert_trajectories_close,
+  mask_of,
+  random_tree,
+  run,
+  to64,
+)
 
 from lbjax import optim
 from lbjax.optim.hybrid import one_minus_power, rectifier_length
-from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, random_tree,
-                             run, to64)
 
 STEPS = 150
 

@@ -5,10 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_reference import (
+  NoisyQuadratic,
+  assert_trajectories_close,
+  mask_of,
+  max_rel_error,
+  random_tree,
+  run,
+  to64,
+)
 
 from lbjax import optim
-from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, max_rel_error,
-                             random_tree, run, to64)
 
 STEPS = 120
 
@@ -22,7 +29,7 @@ def lars_reference(w, grad, steps, lr, momentum, weight_decay, trust, mask):
     g = grad(w, t)
     gamma, beta = lr(t), weight_decay(t)
 
-    def step(w_l, g_l, v_l, adapt):
+    def step(w_l, g_l, v_l, adapt, gamma=gamma, beta=beta):
       if adapt:
         wn, gn = np.linalg.norm(w_l), np.linalg.norm(g_l)
         local = trust * wn / (gn + beta * wn) if wn > 0 and gn > 0 else 1.0

@@ -3,10 +3,16 @@
 import jax
 import numpy as np
 import optax
+from optim_reference import (
+  NoisyQuadratic,
+  assert_trajectories_close,
+  mask_of,
+  random_tree,
+  run,
+  to64,
+)
 
 from lbjax import optim
-from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, random_tree,
-                             run, to64)
 
 STEPS = 150
 MU = 0.9
@@ -24,7 +30,9 @@ def nag_reference(theta, grad, steps, lr, momentum, weight_decay, mask):
     ahead = jax.tree.map(lambda th, d: th - momentum * d, theta, delta)
     g = grad(ahead, t)  # (5)
     g = jax.tree.map(lambda g_, a, m: g_ + weight_decay * a if m else g_, g, ahead, mask)
-    delta = jax.tree.map(lambda d, g_: momentum * d + (1 - momentum) * lr(t) * g_, delta, g)  # (3)
+    eta = lr(t)
+    delta = jax.tree.map(lambda d, g_, eta=eta: momentum * d + (1 - momentum) * eta * g_,
+                         delta, g)  # (3)
     theta = jax.tree.map(lambda th, d: th - d, theta, delta)  # (4)
     history.append(jax.tree.map(lambda th, d: th - momentum * d, theta, delta))
   return history
@@ -63,3 +71,52 @@ def test_with_a_schedule_optax_sgd_is_not_the_same():
   gap = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(theirs[-1]),
                                                        jax.tree.leaves(ref[-1])))
   assert gap > 1e-2
+
+
+def pytorch_nesterov_reference(w, grad, steps, lr, momentum, weight_decay, mask):
+  """torch.optim.SGD(nesterov=True, dampening=0) in float64: b ← μb + g; w ← w − η(g + μb)."""
+  w = to64(w)
+  buf = jax.tree.map(np.zeros_like, w)
+  history = []
+  for t in range(steps):
+    g = grad(w, t)
+    g = jax.tree.map(lambda g_, p, m: g_ + weight_decay * p if m else g_, g, w, mask)
+    buf = jax.tree.map(lambda b, g_: momentum * b + g_, buf, g)
+    eta = lr(t)
+    w = jax.tree.map(lambda p, g_, b, eta=eta: p - eta * (g_ + momentum * b), w, g, buf)
+    history.append(w)
+  return history
+
+
+def test_undamped_is_optax_nesterov_sgd_and_pytorch_across_lr_drops():
+  """Issue 18 item 1: nag(damped=False) is optax.sgd(η, μ, nesterov=True) over 50 steps with a
+  step decay, and PyTorch's SGD(nesterov=True) (NumPy transcription)."""
+  steps = 50
+  params = random_tree(8)
+  quad = NoisyQuadratic(8, steps)
+  lr = optax.piecewise_constant_schedule(0.1, {15: 0.1, 35: 0.1})
+  ours = run(optim.nag(lr, momentum=MU, damped=False), params, quad, steps)
+  theirs = run(optax.sgd(lr, momentum=MU, nesterov=True), params, quad, steps)
+  for a, b in zip(ours, theirs):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  ref = pytorch_nesterov_reference(params, quad.grad64, steps, lambda t: float(lr(t)), MU, 0.0,
+                                   mask_of(params))
+  assert_trajectories_close(ours, ref, tol=1e-6)
+  # The seed's damped form is another sequence at the same η.
+  damped = run(optim.nag(lr, momentum=MU), params, quad, steps)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(damped[-1]),
+                                                          jax.tree.leaves(ours[-1]))) > 1e-2
+
+
+def test_undamped_with_weight_decay_matches_pytorch():
+  steps = 30
+  params = random_tree(9)
+  mask = mask_of(params)
+  quad = NoisyQuadratic(9, steps)
+  lr = optax.piecewise_constant_schedule(0.05, {20: 0.1})
+  got = run(optim.nag(lr, momentum=MU, weight_decay=1e-2, mask=mask, damped=False), params,
+            quad, steps)
+  ref = pytorch_nesterov_reference(params, quad.grad64, steps, lambda t: float(lr(t)), MU, 1e-2,
+                                   mask)
+  assert_trajectories_close(got, ref, tol=1e-6)

@@ -9,11 +9,16 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from optim_reference import (
+  NoisyQuadratic,
+  assert_trajectories_close,
+  mask_of,
+  random_tree,
+  run,
+  to64,
+)
 
-from lbjax import optim
-from lbjax import schedules
-from optim_reference import (NoisyQuadratic, assert_trajectories_close, mask_of, random_tree,
-                             run, to64)
+from lbjax import optim, schedules
 
 STEPS = 120
 
@@ -82,7 +87,8 @@ def test_law_of_delta_is_uniform():
 ])
 def test_annealed_scale_follows_its_schedule(annealing, final_ratio, expected):
   s, total = 0.05, 40
-  block = ml_collections.ConfigDict(dict(scale=s, annealing=annealing, final_ratio=final_ratio))
+  block = ml_collections.ConfigDict({"scale": s, "annealing": annealing,
+                                     "final_ratio": final_ratio})
   scale = schedules.build_annealed(block, total)
   like = {"w": jnp.zeros((64, 8)), "b": jnp.zeros((8,))}
   annealed, unit = draws(scale, total, like, seed=5), draws(1.0, total, like, seed=5)
@@ -128,3 +134,9 @@ def test_replicas_stay_bit_identical_on_4_devices():
   gap = max(float(np.abs(a[0] - b).max())
             for a, b in zip(jax.tree.leaves(jax.device_get(p_params)), jax.tree.leaves(q_params)))
   assert gap > 1e-3
+
+
+def test_negative_scale_is_a_value_error_naming_the_argument():
+  with pytest.raises(ValueError) as e:
+    optim.add_uniform_noise(-1e-3)
+  assert e.value.argument == "scale"

@@ -44,7 +44,7 @@ def test_every_name_builds_from_a_config_with_its_hyperparameters(name):
 
 def test_unknown_name_or_hyperparameter_is_a_clear_error():
   with pytest.raises(ConfigError) as e:
-    registry.validate_config(config("lamb"))
+    registry.validate_config(config("shampoo"))
   assert e.value.key == "config.optimizer.name" and "hybrid" in str(e.value)
   with pytest.raises(ConfigError) as e:
     registry.validate_config(config("lars", **{"optimizer.nesterov": True}))
@@ -97,3 +97,84 @@ def test_weight_decay_switches_off_at_the_fraction(name):
   history = np.array(history)[:, 0, 0]
   assert np.all(np.diff(history[:16]) < 0)  # steps 0..14 decay
   np.testing.assert_array_equal(history[15:], history[15])  # from step 15 = 0.75·20 on: none
+
+
+MASKED = [name for name in registry.OPTIMIZERS
+          if "mask" in inspect.signature(registry.OPTIMIZERS[name]).parameters]
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_mask_all_adapts_and_decays_every_tensor_default_only_kernels(name):
+  """Issue 18 item 3: config.optimizer.mask = all (seed 000 Alg. 1 for LARS) vs kernels."""
+  params = {"dense": {"kernel": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3),
+                      "bias": jnp.array([0.5, -0.25, 1.0])}}
+
+  def step(tx):
+    """Three updates with gradients 0.1, 0.2, 0.3 (varying, so Adam's ratio is not ±1)."""
+    p, state = params, tx.init(params)
+    for t in range(3):
+      g = jax.tree.map(lambda x, s=0.1 * (t + 1): s * jnp.ones_like(x), p)
+      updates, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  c = config(name, **{"optimizer.weight_decay": 0.1})
+  default_updates = step(registry.from_config(c, optax.constant_schedule(0.1), 10))
+  c.optimizer.mask = "all"
+  all_updates = step(registry.from_config(c, optax.constant_schedule(0.1), 10))
+  factory = registry.OPTIMIZERS[name]
+  expected_default = step(factory(0.1, weight_decay=0.1, mask=registry.decay_mask))
+  expected_all = step(factory(0.1, weight_decay=0.1, mask=None))
+  for got, want in ((default_updates, expected_default), (all_updates, expected_all)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  # Kernels: the same under both masks; the bias: only `all` decays (and adapts) it.
+  np.testing.assert_allclose(all_updates["dense"]["kernel"], default_updates["dense"]["kernel"],
+                             rtol=1e-6)
+  assert not np.allclose(all_updates["dense"]["bias"], default_updates["dense"]["bias"])
+
+
+def test_unknown_mask_names_its_key():
+  with pytest.raises(ConfigError) as e:
+    registry.validate_config(config("lars", **{"optimizer.mask": "biases"}))
+  assert e.value.key == "config.optimizer.mask" and "kernels" in str(e.value)
+
+
+# (optimizer, bad argument, value): every factory refuses it with a ValueError that names the
+# argument, and the registry turns it into config.optimizer.<argument>.
+BAD_ARGUMENTS = [
+    ("sgd", "momentum", 1.0), ("sgd", "weight_decay", -1e-4), ("sgd", "nesterov", 1),
+    ("sgd", "lr_in_buffer", "yes"), ("sgd", "momentum", "0.9"),
+    ("nag", "momentum", -0.5), ("nag", "damped", 0),
+    ("adam", "b1", 1.0), ("adam", "b2", -0.1), ("adam", "eps", -1e-8),
+    ("adamw", "weight_decay", -0.01), ("radam", "threshold", 3.0),
+    ("adabelief", "eps_root", -1.0),
+    ("lars", "trust_coefficient", 0.0), ("lars", "eps", -1.0), ("lars", "momentum", 1.5),
+    ("hybrid", "threshold", 3.5), ("hybrid", "b2", 0.0), ("hybrid", "eps", -1e-8),
+    ("kfac", "damping", -1e-3), ("kfac", "cov_ema_decay", 1.0),
+    ("kfac", "inverse_update_period", 0),
+]
+
+
+@pytest.mark.parametrize("name,argument,value", BAD_ARGUMENTS)
+def test_bad_argument_is_a_value_error_and_a_one_line_config_error(name, argument, value):
+  with pytest.raises(ValueError) as e:
+    registry.OPTIMIZERS[name](0.1, **{argument: value})
+  assert e.value.argument == argument
+  c = config(name, **{f"optimizer.{argument}": value})
+  with pytest.raises(ConfigError) as e:
+    registry.validate_config(c)
+  assert e.value.key == f"config.optimizer.{argument}"
+  assert "\n" not in str(e.value)
+
+
+def test_new_keys_are_in_every_config_block():
+  block = default.get_config().optimizer
+  for key in ("mask", "damped", "lr_in_buffer", "fisher"):
+    assert key in block and block[key] is None  # None: the factory's / registry's default
+  block = registry.config_block("nag", learning_rate=0.1, damped=False, mask="all")
+  tx = registry.build(block, 0.1)
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+  updates, _ = tx.update(params, tx.init(params), params)
+  # damped=False, one step from zero momentum: −η(g + μg) = −0.1 · 1.9 on every tensor.
+  np.testing.assert_allclose(updates["b"], -0.19, rtol=1e-6)

@@ -7,12 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from configs import sweeps
-from configs import quickstart
-from lbjax import optim
-from lbjax import train
 from optim_reference import random_tree
+
+from configs import quickstart, sweeps
+from lbjax import optim, train
 
 
 def test_perturbation_is_uniform_in_the_box():

@@ -9,3 +9,26 @@ from lbjax.optim.nag import nag
 from lbjax.optim.noise import add_uniform_noise
 from lbjax.optim.registry import OPTIMIZERS, build, decay_mask, from_config
 from lbjax.optim.smoothout import smoothout_key, smoothout_perturb
+
+__all__ = [
+    "OPTIMIZERS",
+    "adabelief",
+    "adam",
+    "adamw",
+    "add_uniform_noise",
+    "build",
+    "decay_mask",
+    "from_config",
+    "hybrid",
+    "kfac",
+    "lamb",
+    "lars",
+    "nag",
+    "radam",
+    "scale_by_hybrid",
+    "scale_by_kfac",
+    "scale_by_lars",
+    "sgd",
+    "smoothout_key",
+    "smoothout_perturb",
+]

@@ -1,13 +1,13 @@
 """Seed 003's hybrid of AdamW, RAdam and AdaBelief (§3; eqs. (6), (8)–(13), (16), (19)–(20))."""
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+from lbjax.optim import checks
 
 
 class ScaleByHybridState(NamedTuple):
@@ -17,16 +17,24 @@ class ScaleByHybridState(NamedTuple):
   nu: optax.Updates  # v_t, eq. (16)
 
 
-def one_minus_power(b: float, t: jax.Array) -> jax.Array:
-  """``1 - b**t`` for a Python float ``b`` in [0, 1) and integer ``t >= 1``, accurate in f32.
+def _log(b) -> jax.Array:
+  """``log b``: in double precision for a Python float, else (an injected array) in its dtype."""
+  if isinstance(b, (int, float)):
+    return math.log(b)
+  return jnp.log(b)
 
-  As ``-expm1(t log b)`` with ``log b`` taken in double precision: the direct form loses the
-  digits of ``b`` that its f32 rounding drops (f32(0.999) = 0.999 + 1.3e-8, so ``1 - b**t`` is off
-  by ~1e-5 relative), which bias correction and the rectifier then carry.
+
+def one_minus_power(b: float, t: jax.Array) -> jax.Array:
+  """``1 - b**t`` for ``b`` in [0, 1) and integer ``t >= 1``, accurate in f32.
+
+  As ``-expm1(t log b)`` with ``log b`` taken in double precision for a Python float ``b``: the
+  direct form loses the digits of ``b`` that its f32 rounding drops (f32(0.999) = 0.999 + 1.3e-8,
+  so ``1 - b**t`` is off by ~1e-5 relative), which bias correction and the rectifier then carry.
+  An array ``b`` (``optax.inject_hyperparams``) is already rounded; its log is taken as it is.
   """
-  if b == 0.0:
+  if isinstance(b, (int, float)) and b == 0.0:
     return jnp.ones_like(t, dtype=jnp.float32)
-  return -jnp.expm1(t.astype(jnp.float32) * math.log(b))
+  return -jnp.expm1(t.astype(jnp.float32) * _log(b))
 
 
 def rectifier_length(b2: float, t: jax.Array) -> jax.Array:
@@ -49,7 +57,7 @@ def rectifier_length(b2: float, t: jax.Array) -> jax.Array:
   :math:`x > 1`, :math:`\rho_t \ge 0.4 \rho_\infty` and the direct form
   :math:`\rho_\infty - 2t / \mathrm{expm1}(x)` has no cancellation to speak of.
   """
-  a = -math.log(b2)
+  a = -_log(b2)
   rho_inf = 2.0 / (1.0 - b2) - 1.0
   t = t.astype(jnp.float32)
   x = a * t
@@ -84,6 +92,11 @@ def scale_by_hybrid(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   writes it. It differs from ``optax.scale_by_belief`` (ε outside the root, no rectifier) and
   ``optax.scale_by_radam`` (:math:`g^2` instead of :math:`(g - m)^2`), hence a piece of its own.
   """
+  checks.in_unit_interval("b1", b1)
+  checks.check("b2", b2, lambda v: 0.0 < v < 1.0, "in (0, 1)")
+  checks.non_negative("eps", eps)
+  checks.check("threshold", threshold, lambda v: v >= 4.0,
+               ">= 4 (γ_t is real only for ρ_t > 4)")
 
   def init_fn(params):
     return ScaleByHybridState(count=jnp.zeros([], jnp.int32),
@@ -120,7 +133,7 @@ def hybrid(learning_rate: optax.ScalarOrSchedule,
            eps: float = 1e-8,
            weight_decay: optax.ScalarOrSchedule = 0.01,
            threshold: float = 4.0,
-           mask: MaskOrFn = None) -> optax.GradientTransformation:
+           mask: optax.MaskOrFn = None) -> optax.GradientTransformation:
   r"""Seed 003's proposed optimizer: AdamW's decoupled decay, RAdam's rectifier, AdaBelief's moment.
 
   With learning rate :math:`\eta_t` and weight decay :math:`\lambda`, per element:
@@ -150,7 +163,14 @@ def hybrid(learning_rate: optax.ScalarOrSchedule,
     learning_rate: :math:`\eta_t`, a float or an optax schedule.
     b1: :math:`\beta_1` (0.9).
     b2: :math:`\beta_2` (0.999).
-    eps: :math:`\varepsilon` (1e-8), added to :math:`v_t` and inside the square root.
+    eps: :math:`\varepsilon` (1e-8), added to :math:`v_t` and inside the square root. The seed
+      gives no :math:`\varepsilon` for the hybrid (1e-8 is Adam's default). It is not negligible:
+      added to :math:`v_t` every step it keeps :math:`\hat v_t \ge \varepsilon / (1 - \beta_2)`,
+      so the denominator never drops below
+      :math:`\sqrt{\varepsilon / (1 - \beta_2) + \varepsilon} \approx 3.2 \cdot 10^{-3}`
+      (defaults): coordinates whose :math:`(g - m)^2` is below about 1e-5 are not normalised,
+      a real damping of the adaptivity. The seed 003 configs set it with the argument ``eps=``
+      (``configs/seed003_table3.py:eps=1e-16``) or ``--config.optimizer.eps``.
     weight_decay: :math:`\lambda` (0.01, seed 003's value), a float or a schedule of the step
       (seed 003 switches it off after 75% of training, see ``lbjax.schedules``).
     threshold: :math:`\tau` (4.0).
@@ -168,9 +188,7 @@ def hybrid(learning_rate: optax.ScalarOrSchedule,
     Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     Zhuang et al., "AdaBelief Optimizer", NeurIPS 2020.
   """
-  if not threshold >= 4.0:
-    raise ValueError(f"hybrid: threshold must be >= 4 (γ_t is real only for ρ_t > 4), got "
-                     f"{threshold}")
+  checks.non_negative("weight_decay", weight_decay)
   return optax.chain(
       scale_by_hybrid(b1=b1, b2=b2, eps=eps, threshold=threshold),
       optax.add_decayed_weights(weight_decay, mask),

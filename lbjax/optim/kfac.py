@@ -59,20 +59,18 @@ References:
 """
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
-from lbjax.errors import ConfigError, check_choice
+from lbjax.optim import checks
 
 # Factor statistics are sums of many products; keep them in full float32 on GPU/TPU too.
 _HIGHEST = lax.Precision.HIGHEST
-
-FISHER_TYPES = ("empirical", "sampled")
-DEFAULT_FISHER = "empirical"
 
 
 # --------------------------------------------------------------------------- factor statistics
@@ -155,7 +153,7 @@ def damped_inverses(a: jax.Array, g: jax.Array, damping) -> tuple[jax.Array, jax
 
 class _Layer(NamedTuple):
   kernel: int            # leaf index of the kernel in the flattened tree
-  bias: Optional[int]    # leaf index of the bias, or None
+  bias: int | None    # leaf index of the bias, or None
   shape: tuple[int, int]  # (dim A, dim G)
 
 
@@ -218,14 +216,13 @@ def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  if not 0.0 <= cov_ema_decay < 1.0:
-    raise ConfigError("config.optimizer.cov_ema_decay", f"must be in [0, 1), got {cov_ema_decay}")
-  if not damping > 0:
-    raise ConfigError("config.optimizer.damping", f"must be > 0, got {damping}")
-  if isinstance(inverse_update_period, bool) or not (
-      isinstance(inverse_update_period, int) and inverse_update_period >= 1):
-    raise ConfigError("config.optimizer.inverse_update_period",
-                      f"must be an integer >= 1, got {inverse_update_period!r}")
+  checks.in_unit_interval("cov_ema_decay", cov_ema_decay)
+  checks.positive("damping", damping)
+  if isinstance(inverse_update_period, bool):
+    raise checks.InvalidArgument("inverse_update_period",
+                                 f"must be an integer >= 1, got {inverse_update_period!r}")
+  checks.check("inverse_update_period", inverse_update_period,
+               lambda v: v >= 1 and v == int(v), "an integer >= 1")
 
   def init_fn(params):
     layers = covered_layers(params)
@@ -274,8 +271,8 @@ def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def precondition(kernel_grad: jax.Array, bias_grad: Optional[jax.Array], a_inv: jax.Array,
-                 g_inv: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+def precondition(kernel_grad: jax.Array, bias_grad: jax.Array | None, a_inv: jax.Array,
+                 g_inv: jax.Array) -> tuple[jax.Array, jax.Array | None]:
   """``A⁻¹ [∇W; ∇b] G⁻¹`` for a kernel ``[..., d_out]`` (flattened to ``[d_in, d_out]``)."""
   d_out = kernel_grad.shape[-1]
   block = kernel_grad.reshape(-1, d_out)
@@ -304,9 +301,10 @@ def _check_stats(kfac_stats, layers) -> None:
 # --------------------------------------------------------------------------- the optimizer
 
 
-def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0,
-         cov_ema_decay: float = 0.99, damping: float = 1e-3, inverse_update_period: int = 1,
-         fisher: str = DEFAULT_FISHER, mask: Any = None) -> optax.GradientTransformationExtraArgs:
+def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
+         weight_decay: optax.ScalarOrSchedule = 0.0, cov_ema_decay: float = 0.99,
+         damping: float = 1e-3, inverse_update_period: int = 1,
+         mask: optax.MaskOrFn = None) -> optax.GradientTransformationExtraArgs:
   """K-FAC with momentum and weight decay, as seed 002 tunes it (Table 1).
 
   ``ĝ = F̃⁻¹ ∇L`` (:func:`scale_by_kfac`), then seed 002 eqs. (1)–(2) with L2 weight decay on the
@@ -317,17 +315,16 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_de
     learning_rate: ε, a float or an optax schedule (seed 002: step decay by "lr-decay" every
       "lr-decay-epoch" epochs, see ``lbjax/schedules.py``).
     momentum: α (default 0.9).
-    weight_decay: λ, on the tensors selected by ``mask`` (default 0).
+    weight_decay: λ, on the tensors selected by ``mask`` (default 0), a float or a schedule.
     cov_ema_decay: see :func:`scale_by_kfac` (default 0.99).
     damping: see :func:`scale_by_kfac` (default 1e-3).
     inverse_update_period: see :func:`scale_by_kfac` (default 1).
-    fisher: how the train step estimates G (``lbjax/optim/kfac_capture.py``): ``"empirical"``
-      (default) uses the per-example gradients of the training loss with the true labels, free
-      in the training backward pass; ``"sampled"`` uses labels drawn from the model's predictive
-      distribution (the true Fisher; kfac-jax's default "fisher_gradients"), at the cost of one
-      more backward pass from the logits to the layer outputs. (kfac-jax's "fisher_empirical" is
-      this empirical G divided once more by the batch size.) Not used by the transformation.
-    mask: pytree (or callable) of booleans selecting the tensors that get weight decay.
+    mask: pytree (or callable) of booleans selecting the tensors that get weight decay (None:
+      every tensor).
+
+  How the statistics are estimated (``config.optimizer.fisher``: empirical or sampled Fisher) is
+  a setting of the capture that makes them, ``lbjax.optim.kfac_capture.make_capture``, not of
+  this transformation.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose update takes ``kfac_stats=``.
@@ -339,7 +336,8 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_de
     (loss, aux), grads, stats = capture(params, batch_stats, images, targets, keys)
     updates, opt_state = tx.update(grads, opt_state, params, kfac_stats=stats)
   """
-  check_choice("config.optimizer.fisher", fisher, FISHER_TYPES)
+  checks.in_unit_interval("momentum", momentum)
+  checks.non_negative("weight_decay", weight_decay)
   return optax.chain(
       scale_by_kfac(cov_ema_decay, damping, inverse_update_period),
       optax.add_decayed_weights(weight_decay, mask),

@@ -21,25 +21,29 @@ their parameters keep the identity preconditioner, i.e. plain momentum SGD. A la
 than once per step (weight sharing) is refused.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import flax.linen as nn
-from flax.linen import linear as flax_linear
-from flax import traverse_util
 import jax
-from jax import lax
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
+from flax.linen import linear as flax_linear
+from jax import lax
 
 from lbjax.errors import check_choice
-from lbjax.optim.kfac import (DEFAULT_FISHER, FISHER_TYPES, conv_input_factor,
-                               dense_input_factor, output_factor)
+from lbjax.optim import checks
+from lbjax.optim.kfac import conv_input_factor, dense_input_factor, output_factor
+from lbjax.optim.rng import KFAC_SAMPLE_SALT
 
 INPUTS = "kfac_inputs"
 OUTPUTS = "kfac_outputs"
 OPTIMIZERS_WITH_STATISTICS = ("kfac",)
-# Folded into each example's key to draw its sampled-Fisher label (keeps augmentation keys apart).
-_SAMPLE_SALT = 0x6B666163
+FISHER_TYPES = ("empirical", "sampled")
+DEFAULT_FISHER = "empirical"
+# Keys of ``config.optimizer`` that configure the capture, not the optimizer's factory, with
+# their defaults (``lbjax.optim.registry`` accepts them for the optimizers above).
+CONFIG_KEYS = {"fisher": DEFAULT_FISHER}
 
 
 def _conv_geometry(module: nn.Conv, x: jax.Array):
@@ -67,7 +71,7 @@ def _tuple(value, n):
   return tuple(value)
 
 
-def _input_factor(module: nn.Module, x: jax.Array) -> Optional[jax.Array]:
+def _input_factor(module: nn.Module, x: jax.Array) -> jax.Array | None:
   """The layer's A for input ``x``, or None when the layer is not covered."""
   x = lax.stop_gradient(x)
   if isinstance(module, nn.Dense):
@@ -110,9 +114,13 @@ def make_capture(model: nn.Module, loss: Callable, fisher: str = DEFAULT_FISHER)
   Args:
     model: a flax module called as ``model.apply(variables, images, train=True)``.
     loss: ``loss(logits, targets) -> scalar``, the mean over the (per-device) batch.
-    fisher: ``"empirical"``: ``G`` from the gradient of ``loss`` (no extra cost); ``"sampled"``:
-      from labels drawn from ``softmax(logits)`` with the per-example ``keys`` (one more backward
-      pass from the logits; the parameter gradient is unaffected).
+    fisher: how ``G`` is estimated (``config.optimizer.fisher``). ``"empirical"`` (default) uses
+      the per-example gradients of the training loss with the true labels, free in the training
+      backward pass; ``"sampled"`` uses labels drawn from the model's predictive distribution
+      ``softmax(logits)`` with the per-example ``keys`` (the true Fisher; kfac-jax's default
+      "fisher_gradients"), at the cost of one more backward pass from the logits to the layer
+      outputs (the parameter gradient is unaffected). kfac-jax's "fisher_empirical" is the
+      empirical ``G`` divided once more by the batch size.
 
   Returns:
     ``capture(params, batch_stats, images, targets, keys) -> ((loss, (logits, batch_stats)),
@@ -122,7 +130,9 @@ def make_capture(model: nn.Module, loss: Callable, fisher: str = DEFAULT_FISHER)
     per-example PRNG keys (only used by ``"sampled"``); deriving them from each example's position
     in the global batch makes the result independent of the device count.
   """
-  check_choice("config.optimizer.fisher", fisher, FISHER_TYPES)
+  if fisher not in FISHER_TYPES:
+    raise checks.InvalidArgument("fisher", f"unknown value {fisher!r}; allowed: "
+                                 f"{', '.join(FISHER_TYPES)}")
 
   def capture(params, batch_stats, images, targets, keys):
     def forward(params, perturbations):
@@ -143,8 +153,8 @@ def make_capture(model: nn.Module, loss: Callable, fisher: str = DEFAULT_FISHER)
     if fisher == "sampled":
       # d(mean_n -log p(y_n | x_n))/dlogits with y_n ~ softmax(logits_n); the parameter part of
       # this second backward pass is unused and removed by XLA.
-      labels = jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, _SAMPLE_SALT), l)
-                        )(keys, lax.stop_gradient(logits))
+      draw = lambda k, l: jax.random.categorical(jax.random.fold_in(k, KFAC_SAMPLE_SALT), l)
+      labels = jax.vmap(draw)(keys, lax.stop_gradient(logits))
       probs = jax.nn.softmax(lax.stop_gradient(logits).astype(jnp.float32))
       sampled_grad = (probs - jax.nn.one_hot(labels, logits.shape[-1])) / logits.shape[0]
       _, output_grads = vjp(sampled_grad.astype(logits.dtype))
@@ -155,10 +165,26 @@ def make_capture(model: nn.Module, loss: Callable, fisher: str = DEFAULT_FISHER)
   return capture
 
 
+def settings(opt_config: ml_collections.ConfigDict) -> dict:
+  """The capture's keys of ``opt_config`` (``CONFIG_KEYS``), unset placeholders as defaults.
+
+  Raises:
+    ConfigError: ``config.optimizer.fisher`` is not one of ``FISHER_TYPES``.
+  """
+  out = {}
+  for key, default in CONFIG_KEYS.items():
+    value = opt_config.get(key)
+    out[key] = default if value is None else value
+  check_choice("config.optimizer.fisher", out["fisher"], FISHER_TYPES)
+  return out
+
+
 def from_config(opt_config: ml_collections.ConfigDict, model: nn.Module, loss: Callable
-                ) -> Optional[Callable]:
-  """:func:`make_capture` for an optimizer that needs statistics (``kfac``), else None."""
+                ) -> Callable | None:
+  """:func:`make_capture` for an optimizer that needs statistics (``kfac``), else None.
+
+  The capture's settings come from the optimizer's config block (``config.optimizer.fisher``).
+  """
   if opt_config.name not in OPTIMIZERS_WITH_STATISTICS:
     return None
-  fisher = opt_config.get("fisher")  # an unset placeholder (None) means the default
-  return make_capture(model, loss, fisher=DEFAULT_FISHER if fisher is None else fisher)
+  return make_capture(model, loss, **settings(opt_config))

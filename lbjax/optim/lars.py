@@ -1,12 +1,12 @@
 """LARS, layer-wise adaptive rate scaling, as written in seed 000 Algorithm 1."""
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+from lbjax.optim import checks
 
 
 class ScaleByLarsState(NamedTuple):
@@ -24,19 +24,23 @@ def scale_by_lars(weight_decay: optax.ScalarOrSchedule = 0.0,
                      {\lVert g_l \rVert + \beta \lVert w_l \rVert + \epsilon}
 
   per parameter tensor :math:`l`, with :math:`\lambda_l = 1` where :math:`\lVert w_l \rVert` or
-  :math:`\lVert g_l \rVert` is 0 (a fresh zero-initialised tensor still moves; a tensor with no
-  gradient stays). This is the piece where the seed differs from ``optax.lars``: optax divides by
+  :math:`\lVert g_l \rVert` is 0: a fresh zero-initialised tensor still moves, and a tensor with
+  no gradient gets :math:`\beta w_l`, i.e. plain weight decay (it stays only when
+  :math:`\beta = 0`). This is the piece where the seed differs from ``optax.lars``: optax divides by
   :math:`\lVert g_l + \beta w_l \rVert` (the norm of the decayed gradient), the seed by
   :math:`\lVert g_l \rVert + \beta \lVert w_l \rVert`; the two agree when :math:`\beta = 0`.
 
   Args:
     weight_decay: :math:`\beta`, a float or a schedule of the step (e.g. switched off late).
-    trust_coefficient: :math:`\eta`.
-    eps: :math:`\epsilon`, added to the denominator (0 in the seed).
+    trust_coefficient: :math:`\eta`, > 0.
+    eps: :math:`\epsilon`, added to the denominator (0 in the seed), >= 0.
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
   """
+  checks.non_negative("weight_decay", weight_decay)
+  checks.positive("trust_coefficient", trust_coefficient)
+  checks.non_negative("eps", eps)
 
   def init_fn(params):
     del params
@@ -67,7 +71,7 @@ def lars(learning_rate: optax.ScalarOrSchedule,
          weight_decay: optax.ScalarOrSchedule = 0.0,
          trust_coefficient: float = 1.0,
          eps: float = 0.0,
-         mask: MaskOrFn = None) -> optax.GradientTransformation:
+         mask: optax.MaskOrFn = None) -> optax.GradientTransformation:
   r"""LARS, seed 000 Algorithm 1 (You, Gitman & Ginsburg 2017).
 
   For every parameter tensor :math:`l` where ``mask`` is True, with learning rate
@@ -80,8 +84,11 @@ def lars(learning_rate: optax.ScalarOrSchedule,
     w_l &\leftarrow w_l - v_l
 
   (:math:`\lambda_l = 1` where :math:`\lVert w_l \rVert` or :math:`\lVert g_l \rVert` is 0).
-  Where ``mask`` is False (biases and BatchNorm scale/bias in the configs) the tensor gets plain
-  momentum SGD, :math:`v \leftarrow m v + \gamma_t g`, with no adaptation and no decay.
+  Where ``mask`` is False the tensor gets plain momentum SGD,
+  :math:`v \leftarrow m v + \gamma_t g`, with no adaptation and no decay. Algorithm 1 adapts
+  every layer (``mask=None``, ``config.optimizer.mask="all"``); the configs default to kernels
+  only, biases and BatchNorm scale/bias excluded (``config.optimizer.mask="kernels"``), a
+  choice of lbjax that no seed states.
 
   Built as ``chain(masked(scale_by_lars), scale_by_learning_rate, trace)``; only the trust ratio
   is new (see :func:`scale_by_lars`), so ``weight_decay=0`` reproduces ``optax.lars`` with the same
@@ -89,7 +96,7 @@ def lars(learning_rate: optax.ScalarOrSchedule,
 
   Args:
     learning_rate: :math:`\gamma_t`, a float or an optax schedule.
-    momentum: :math:`m` (0.9).
+    momentum: :math:`m` (0.9), in [0, 1).
     weight_decay: :math:`\beta` (0.0), a float or a schedule of the step.
     trust_coefficient: :math:`\eta` (1.0 as in the seed; You et al. use 0.001).
     eps: added to the trust-ratio denominator (0.0).
@@ -107,6 +114,7 @@ def lars(learning_rate: optax.ScalarOrSchedule,
     You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", arXiv:1708.03888.
     Seed 000 (LARS + SWAP for large-batch CIFAR-10), Algorithm 1.
   """
+  checks.in_unit_interval("momentum", momentum)
   adapt = scale_by_lars(weight_decay, trust_coefficient, eps)
   if mask is not None:
     adapt = optax.masked(adapt, mask)

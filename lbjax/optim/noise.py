@@ -7,12 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-# The key is fold_in(PRNGKey(seed), NOISE_STREAM): the train step derives its per-step keys as
-# fold_in(PRNGKey(seed), step) (jax.random.split(k) is fold_in(k, 0), fold_in(k, 1)), so a
-# chain starting at PRNGKey(seed) itself would replay the augmentation keys of steps 0 and 1.
-# No run reaches step NOISE_STREAM.
-NOISE_STREAM = 2**32 - 2
+from lbjax.optim import checks
+from lbjax.optim.rng import NOISE_STREAM
 
 
 class AddUniformNoiseState(NamedTuple):
@@ -47,9 +43,9 @@ def add_uniform_noise(scale: optax.ScalarOrSchedule, seed: int = 0
 
   Every replica must add the *same* noise, or data-parallel copies of the weights drift apart.
   The key is therefore part of the optimizer state, initialised from ``seed`` alone (on a stream
-  of its own, see ``NOISE_STREAM``) and split once per step (as ``optax.add_noise`` does); it
-  never depends on the device, so replicated state draws bit-identical noise on every device and
-  host, and a restored checkpoint continues the same sequence.
+  of its own, ``lbjax.optim.rng.NOISE_STREAM``) and split once per step (as ``optax.add_noise``
+  does); it never depends on the device, so replicated state draws bit-identical noise on every
+  device and host, and a restored checkpoint continues the same sequence.
 
   Args:
     scale: :math:`s_t`, the half-width of the uniform distribution, a float or a schedule.
@@ -67,6 +63,8 @@ def add_uniform_noise(scale: optax.ScalarOrSchedule, seed: int = 0
     Wen et al., "SmoothOut: Smoothing Out Sharp Minima to Improve Generalization in Deep
     Learning", arXiv:1805.07898, 2018.
   """
+
+  checks.non_negative("scale", scale)
 
   def init_fn(params):
     del params

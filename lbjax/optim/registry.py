@@ -1,8 +1,16 @@
 """Optimizer registry: ``config.optimizer`` → one ``optax.GradientTransformation``.
 
 Every field of ``config.optimizer`` except ``name`` is passed as a keyword to the factory, so the
-allowed keys of an optimizer are exactly its factory's keyword arguments (``mask`` excluded: the
-registry supplies the weight-decay mask).
+allowed keys of an optimizer are its factory's keyword arguments, with two translations:
+
+* ``mask`` is a name in ``MASKS``: ``"kernels"`` (the default; tensors with ndim > 1, biases and
+  BatchNorm scale/bias excluded) or ``"all"`` (every tensor, e.g. seed 000's Algorithm 1 for
+  LARS), turned into the factory's ``mask``;
+* the keys of the statistics capture (``kfac_capture.CONFIG_KEYS``: ``fisher``) are accepted for
+  the optimizers that need statistics and go to ``kfac_capture.from_config``, not the factory.
+
+A factory's ``ValueError`` for a bad argument (``checks.InvalidArgument``) becomes the one-line
+``ConfigError`` of ``config.optimizer.<argument>``.
 
 `config_block` makes a ``config.optimizer`` holding a typed placeholder for the hyperparameters
 of *every* registered optimizer, so ``--config.optimizer.name=adam --config.optimizer.b1=0.8``
@@ -11,15 +19,17 @@ the chosen optimizer does not take is an error naming that key.
 """
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
-from ml_collections import config_dict
 import optax
+from ml_collections import config_dict
 
+from lbjax import schedules
 from lbjax.errors import ConfigError, check_choice
-from lbjax.optim import baselines
+from lbjax.optim import baselines, checks, kfac_capture
 from lbjax.optim.hybrid import hybrid
 from lbjax.optim.kfac import kfac
 from lbjax.optim.lamb import lamb
@@ -44,18 +54,31 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 def decay_mask(params) -> Any:
   """True for tensors that get weight decay / layer-wise adaptation: kernels (ndim > 1).
 
-  Biases and BatchNorm scale/bias (ndim 1) are excluded, as in the seeds' configs.
+  Biases and BatchNorm scale/bias (ndim 1) are excluded. This is lbjax's default
+  (``config.optimizer.mask="kernels"``), not something a seed states; ``"all"`` selects every
+  tensor.
   """
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+# config.optimizer.mask -> the factory's ``mask`` (None: every tensor).
+MASKS: dict[str, Any] = {"kernels": decay_mask, "all": None}
+DEFAULT_MASK = "kernels"
+
+
+def capture_keys(name: str) -> list[str]:
+  """The ``config.optimizer`` keys of the statistics capture that optimizer ``name`` takes."""
+  return list(kfac_capture.CONFIG_KEYS) if name in kfac_capture.OPTIMIZERS_WITH_STATISTICS else []
+
+
 def hyperparameters(name: str) -> list[str]:
   """The ``config.optimizer`` keys accepted by optimizer ``name``."""
-  sig = inspect.signature(OPTIMIZERS[name])
-  return [k for k in sig.parameters if k != "mask"]
+  return list(inspect.signature(OPTIMIZERS[name]).parameters) + capture_keys(name)
 
 
 def _field_type(parameter: inspect.Parameter) -> type:
+  if parameter.name == "mask":
+    return str  # a name in MASKS
   default = parameter.default
   if isinstance(default, (bool, int, float, str)):
     return type(default)
@@ -67,10 +90,11 @@ def config_block(name: str = "sgd", **values) -> ml_collections.ConfigDict:
 
   Example: ``config.optimizer = registry.config_block("lars", learning_rate=3.2, momentum=0.9)``.
   """
-  fields: dict[str, type] = {}
+  fields: dict[str, type] = {key: type(default)
+                             for key, default in kfac_capture.CONFIG_KEYS.items()}
   for factory in OPTIMIZERS.values():
     for key, parameter in inspect.signature(factory).parameters.items():
-      if key != "mask" and key not in fields:
+      if key not in fields:
         fields[key] = _field_type(parameter)
   block = ml_collections.ConfigDict()
   block.name = name
@@ -90,10 +114,16 @@ def set_values(opt_config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def validate(opt_config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for an unknown optimizer name or hyperparameter."""
+  """Raises ConfigError for an unknown optimizer name or hyperparameter, or a bad value."""
+  lr = opt_config.get("learning_rate")
+  build(opt_config, 1.0 if lr is None else lr)  # the factory checks the values
+
+
+def _check_keys(opt_config: ml_collections.ConfigDict) -> None:
+  """The names of ``opt_config`` and the values the registry itself interprets."""
   check_choice("config.optimizer.name", opt_config.name, OPTIMIZERS)
   allowed = hyperparameters(opt_config.name)
-  for key, value in set_values(opt_config).items():
+  for key in set_values(opt_config):
     if key not in allowed:
       raise ConfigError(
           f"config.optimizer.{key}",
@@ -103,28 +133,43 @@ def validate(opt_config: ml_collections.ConfigDict) -> None:
   lr = opt_config.get("learning_rate")
   if lr is not None and not lr > 0:
     raise ConfigError("config.optimizer.learning_rate", f"must be > 0, got {lr}")
+  if opt_config.get("mask") is not None:
+    check_choice("config.optimizer.mask", opt_config.mask, MASKS)
+  if capture_keys(opt_config.name):
+    kfac_capture.settings(opt_config)
+
+
+def _factory_kwargs(opt_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The factory's keywords of ``opt_config`` (no learning rate, no capture keys, mask resolved)."""
+  skip = {"learning_rate", *capture_keys(opt_config.name)}
+  kwargs = {k: v for k, v in set_values(opt_config).items() if k not in skip}
+  if "mask" in inspect.signature(OPTIMIZERS[opt_config.name]).parameters:
+    kwargs["mask"] = MASKS[kwargs.get("mask") or DEFAULT_MASK]
+  return kwargs
 
 
 def build(opt_config: ml_collections.ConfigDict, learning_rate: optax.Schedule,
           **extra) -> optax.GradientTransformation:
-  """The optimizer of ``opt_config`` with ``learning_rate`` (a schedule) and the decay mask.
+  """The optimizer of ``opt_config`` with ``learning_rate`` (a schedule) and its mask.
 
   ``extra`` carries keyword arguments computed by the train loop (e.g. a weight-decay schedule);
   they override config values of the same name.
+
+  Raises:
+    ConfigError: an unknown name or key, or ``config.optimizer.<argument>`` for an argument
+      the factory refuses.
   """
-  validate(opt_config)
-  kwargs = {k: v for k, v in set_values(opt_config).items() if k != "learning_rate"}
-  kwargs.update(extra)
-  factory = OPTIMIZERS[opt_config.name]
-  if "mask" in inspect.signature(factory).parameters:
-    kwargs["mask"] = decay_mask
-  return factory(learning_rate=learning_rate, **kwargs)
+  _check_keys(opt_config)
+  kwargs = {**_factory_kwargs(opt_config), **extra}
+  try:
+    return OPTIMIZERS[opt_config.name](learning_rate=learning_rate, **kwargs)
+  except checks.InvalidArgument as e:
+    raise ConfigError(f"config.optimizer.{e.argument}", e.message) from None
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Validates ``config.optimizer`` and the keys that change it: ``config.noise``,
   ``config.smoothout`` and ``config.schedule.weight_decay_off_fraction``."""
-  from lbjax import schedules  # pylint: disable=g-import-not-at-top
   validate(config.optimizer)
   for block in ("noise", "smoothout"):
     if block in config:
@@ -134,7 +179,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"must be True or False, got {config.smoothout.adaptive!r}")
   fraction = config.schedule.get("weight_decay_off_fraction")
   if fraction is not None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1):
       raise ConfigError("config.schedule.weight_decay_off_fraction",
                         f"must be in (0, 1] (seed 003: 0.75) or None, got {fraction!r}")
     if "weight_decay" not in hyperparameters(config.optimizer.name):
@@ -158,7 +204,6 @@ def from_config(config: ml_collections.ConfigDict, learning_rate: optax.Schedule
   SmoothOut (``config.smoothout``) perturbs the weights the gradient is taken at, so it lives
   in the train step, not here.
   """
-  from lbjax import schedules  # pylint: disable=g-import-not-at-top
   validate_config(config)
   extra = {}
   if config.schedule.get("weight_decay_off_fraction") is not None:

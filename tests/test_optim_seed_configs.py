@@ -1,0 +1,88 @@
+"""The seed configs run the readings the seeds leave open (issue 18 items 1, 2, 4, 5)."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import (
+  seed001_noise,
+  seed002_adam,
+  seed002_common,
+  seed002_kfac,
+  seed002_sgd,
+  seed003_ablation,
+  seed003_table2,
+  seed003_table3,
+  sweeps,
+)
+from lbjax import config_lib
+from lbjax.optim import registry
+
+SEED002 = {"sgd": seed002_sgd, "adam": seed002_adam, "kfac": seed002_kfac}
+
+
+@pytest.mark.parametrize("name", sorted(SEED002))
+@pytest.mark.parametrize("batch_size", seed002_common.EXPERIMENT2_BATCH_SIZES)
+def test_seed002_configs_build_at_every_batch_size_of_experiment_2(name, batch_size):
+  c = SEED002[name].get_config(f"bs={batch_size},data=digits")
+  assert c.batch_size == batch_size and c.optimizer.name == name
+  config_lib.validate(c, device_count=1)
+  row = max(b for b in seed002_common.BATCH_SIZES if b <= batch_size)
+  assert c.optimizer.learning_rate == SEED002[name].TABLE1[row]["learning_rate"]
+  tx = registry.from_config(c, optax.constant_schedule(c.optimizer.learning_rate), 10)
+  params = {"w": jnp.ones((2, 2))}
+  tx.init(params)
+
+
+def test_seed002_row_option_and_refusals():
+  c = seed002_sgd.get_config("bs=1024,row=2048")
+  assert c.batch_size == 1024
+  assert c.optimizer.learning_rate == seed002_sgd.TABLE1[2048]["learning_rate"]
+  for bad in ("bs=300", "bs=256,row=256", "bs=abc"):
+    with pytest.raises(ValueError):
+      seed002_sgd.get_config(bad)
+
+
+def test_seed002_sgd_is_the_seeds_form():
+  """Seed 002 eqs. (1)–(2): the learning rate inside the buffer; m ← αm − ε(g + λw)."""
+  c = seed002_sgd.get_config("bs=128,data=digits")
+  assert c.optimizer.lr_in_buffer is True
+  lr = optax.piecewise_constant_schedule(0.1, {1: 0.5})
+  c.optimizer.weight_decay, c.optimizer.momentum = 0.0, 0.5
+  tx = registry.from_config(c, lr, 10)
+  params = {"w": jnp.zeros((2, 2))}
+  state = tx.init(params)
+  g = {"w": jnp.ones((2, 2))}
+  u1, state = tx.update(g, state, params)
+  u2, state = tx.update(g, state, params)
+  # m1 = −0.1, m2 = 0.5·(−0.1) − 0.05 = −0.1 (optax's form: −0.05·(0.5 + 1) = −0.075).
+  np.testing.assert_allclose(u1["w"], -0.1, rtol=1e-6)
+  np.testing.assert_allclose(u2["w"], -0.1, rtol=1e-6)
+
+
+def test_seed003_nag_reading_is_a_config_argument():
+  assert seed003_ablation.get_config("baseline").optimizer.damped is True
+  assert seed003_ablation.get_config("baseline,nag=undamped").optimizer.damped is False
+  assert seed003_ablation.get_config("nag=undamped").optimizer.damped is False
+  assert all(run["optimizer.damped"] is False
+             for run in seed003_ablation.sweep("nag=undamped"))
+  c = seed003_table2.get_config("nag,nag=undamped")
+  assert c.optimizer.name == "nag" and c.optimizer.damped is False
+  with pytest.raises(ValueError):
+    seed003_ablation.get_config("baseline,nag=pytorch")
+  registry.validate_config(seed003_ablation.get_config("wd_off,nag=undamped"))
+
+
+def test_seed003_hybrid_eps_is_a_config_argument():
+  assert seed003_table3.get_config().optimizer.eps == 1e-8
+  assert seed003_table3.get_config("eps=1e-16").optimizer.eps == 1e-16
+  assert seed003_table2.get_config("hybrid,eps=0.0").optimizer.eps == 0.0
+  hybrid_runs = [r for r in seed003_table2.sweep("eps=1e-12") if r["optimizer"]["name"] == "hybrid"]
+  assert hybrid_runs and all(r["optimizer"]["eps"] == 1e-12 for r in hybrid_runs)
+
+
+def test_seed001_runs_li_et_al_form_with_two_overrides():
+  c = sweeps.apply_overrides(seed001_noise.get_config(),
+                             {"optimizer.nesterov": True, "optimizer.mask": "all"}, where="test")
+  registry.validate_config(c)
