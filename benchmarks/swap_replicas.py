@@ -1,23 +1,27 @@
-r"""SWAP phase 2: one step of K vmapped replicas against K steps of one replica.
+r"""SWAP phase 2: the K replicas' step, ``vmap`` and ``loop``, against K normal one-replica steps.
 
-Both sides run the real code on one device with the batches already on it:
+All sides run the real code on one device, each step reading its batches as the run does:
 
-* vmapped: `lbjax.swap.make_replicas_step` (one ``jax.vmap`` over K replicas, each with its own
-  seed and batch), pmapped over one device as `lbjax.swap.train_replicas` runs it;
-* one replica: the normal train step of that replica's config (`lbjax.train.build`), pmapped over
-  one device — what running the replicas one after another would cost, per step.
+* ``vmap``: `lbjax.swap.Replicas` with ``execution="vmap"`` (one compiled step over the replica
+  axis, `jax.vmap` inside `jax.shard_map`);
+* ``loop``: `lbjax.swap.Replicas` with ``execution="loop"`` (the one compiled one-replica step,
+  dispatched once per replica);
+* reference: K steps of the normal run of ``phase2_config(config, 0)``
+  (``Experiment.pmap_train_step`` on ``Experiment.train_batch``), what running the replicas as K
+  separate normal runs would cost per step.
 
-Timing interleaves the two in rounds in one process (timing noise between processes is ±20–40%
-on the shared CPUs) and reports medians. The last line is ``ratio: X`` = vmapped step time /
-(K × one replica's step time); the goal is X <= 0.8 (vmapping small batches uses the device
-better than running them one by one).
+Timing interleaves the three in rounds in one process (timing noise between processes is
+±20–40% on the shared CPUs) and reports medians; a side's ratio is the median over rounds of its
+time / the reference's time in the same round. The last line is ``ratio: X`` for
+``config.swap.execution="auto"`` on this backend (`lbjax.swap.AUTO`); the goal is X <= 1.05
+(SWAP costs no more than its replicas run separately).
 
     python benchmarks/swap_replicas.py [--replicas=4] [--batch_size=32] [--model=resnet_tiny]
         [--image_size=16] [--rounds=5] [--steps=10]
 
 Vmapping a convolution over per-replica kernels makes it one grouped convolution (feature groups
 = K). On GPUs that is one cuDNN call over K small batches; XLA:CPU runs grouped convolutions
-slower than the K separate ones (measured in the report of this benchmark).
+slower than the K separate ones, which is why ``auto`` takes ``loop`` on CPU.
 """
 
 import argparse
@@ -29,25 +33,37 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import flax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+import common
+import jax
 
-from configs import swap_digits  # pylint: disable=wrong-import-position
-from lbjax import swap  # pylint: disable=wrong-import-position
-from lbjax import train  # pylint: disable=wrong-import-position
-
-import common  # pylint: disable=g-bad-import-order,wrong-import-position
+from configs import swap_digits
+from lbjax import step as step_lib
+from lbjax import swap
 
 
-def _timed(fn, state, batch, steps):
-  """Runs ``steps`` donated steps; returns (seconds per step, final state)."""
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, _ = fn(state, batch)
-  jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps, state
+class Reference:
+  """K normal one-replica runs of ``exp``'s step, one after another, from ``states``."""
+
+  def __init__(self, exp, states, device):
+    self.exp, self.p_step = exp, exp.pmap_train_step(device)
+    self.seeds = [int(s) for s in states.seed]
+    self.states = [step_lib.replicate(jax.tree.map(lambda x, k=k: x[k], states), device)
+                   for k in range(len(self.seeds))]
+
+  def step(self, s):
+    for k, seed in enumerate(self.seeds):
+      self.states[k], _ = self.p_step(self.states[k],
+                                      self.exp.train_batch(s, local_device_count=1, seed=seed))
+
+
+def _timed(side, start, steps):
+  """Seconds per step of ``side.step`` over ``steps`` steps from step ``start``."""
+  jax.block_until_ready(side.states)
+  begin = time.perf_counter()
+  for s in range(start, start + steps):
+    side.step(s)
+  jax.block_until_ready(side.states)
+  return (time.perf_counter() - begin) / steps
 
 
 def main(argv=None):
@@ -68,45 +84,40 @@ def main(argv=None):
   device = jax.devices()[:1]
   k = args.replicas
 
-  exp = train.build(swap.phase2_config(config))
-  replicas = swap.init_replicas(exp, exp.init_state(), k)
-  seeds = [swap.replica_seed(config, i) for i in range(k)]
-  sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(device), ("d",)), jax.P("d"))
-
-  # K replicas, one vmap: states [1, K, 1, ...], batches [1, K, 1, b, ...] on the device.
-  p_vmapped = jax.pmap(swap.make_replicas_step(exp), axis_name=swap.REPLICA_AXIS,
-                       devices=device, donate_argnums=(1,))
-  seeds_d = jax.device_put(np.asarray(seeds, np.int32)[None], sharding)
-  v_state = jax.device_put(jax.tree.map(lambda x: x[None, :, None], replicas), sharding)
-  v_batch = jax.device_put(jax.tree.map(lambda x: x[None], swap.replica_batch(
-      exp.data.train, 0, seeds, args.batch_size)), sharding)
-  vmapped = lambda state, batch: p_vmapped(seeds_d, state, batch)
-
-  # One replica: the normal one-device train step of replica 0's config.
-  exp0 = train.build(swap.phase2_config(config, 0), exp.data)
-  single = jax.pmap(exp0.train_step, axis_name=train.AXIS, devices=device, donate_argnums=(0,))
-  s_state = flax.jax_utils.replicate(jax.tree.map(lambda x: x[0], replicas), device)
-  s_batch = jax.device_put(exp0.train_batch(0, local_device_count=1), sharding)
-
-  _, v_state = _timed(vmapped, v_state, v_batch, 2)  # compile and warm up
-  _, s_state = _timed(single, s_state, s_batch, 2)
-  v_times, s_times = [], []
-  for _ in range(args.rounds):
-    t, v_state = _timed(vmapped, v_state, v_batch, args.steps)
-    v_times.append(t)
-    t, s_state = _timed(single, s_state, s_batch, args.steps)
-    s_times.append(t)
-  v, s = statistics.median(v_times), statistics.median(s_times)
+  data = step_lib.load_data(config)
+  exp = step_lib.build(swap.phase2_config(config), data)
+  states = swap.init_replicas(config, data, jax.device_get(exp.init_state()))
+  sides = {"vmap": swap.Replicas(exp, states, "vmap", device),
+           "loop": swap.Replicas(exp, states, "loop", device),
+           "reference": Reference(exp, states, device)}
+  for side in sides.values():
+    _timed(side, 0, 2)  # compile and warm up
+  times = {name: [] for name in sides}
+  start = 2
+  for r in range(args.rounds):
+    order = list(sides) if r % 2 == 0 else list(reversed(sides))
+    for name in order:
+      times[name].append(_timed(sides[name], start, args.steps))
+    start += args.steps
+  median = {name: statistics.median(t) for name, t in times.items()}
+  # Each side against the reference timed next to it in the same round, median over rounds:
+  # drift in the machine's load hits both alike (benchmarks/common.py).
+  paired = {name: statistics.median(t / r for t, r in zip(times[name], times["reference"]))
+            for name in ("vmap", "loop")}
+  auto = swap.resolve_execution("auto")
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); model "
         f"{args.model} at {args.image_size}x{args.image_size}, {k} replicas x batch "
         f"{args.batch_size}, {args.rounds} rounds x {args.steps} steps")
-  print(f"vmapped step ({k} replicas): {v * 1e3:.2f} ms  (rounds: "
-        f"{', '.join(f'{t * 1e3:.1f}' for t in v_times)})")
-  print(f"one replica's step: {s * 1e3:.2f} ms  (rounds: "
-        f"{', '.join(f'{t * 1e3:.1f}' for t in s_times)}); x {k} = {k * s * 1e3:.2f} ms")
+  for name in ("vmap", "loop"):
+    print(f"{name} step ({k} replicas): {median[name] * 1e3:.2f} ms = "
+          f"{paired[name]:.3f} x reference  (rounds: "
+          f"{', '.join(f'{t * 1e3:.1f}' for t in times[name])})")
+  print(f"reference ({k} x one replica's normal step): {median['reference'] * 1e3:.2f} ms  "
+        f"(rounds: {', '.join(f'{t * 1e3:.1f}' for t in times['reference'])})")
+  print(f"auto = {auto} on {jax.default_backend()}")
   print(common.machine_line())
   print(common.memory_line())
-  print(f"ratio: {v / (k * s):.3f}")
+  print(f"ratio: {paired[auto]:.3f}")
 
 
 if __name__ == "__main__":

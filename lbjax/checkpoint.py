@@ -7,12 +7,12 @@ next older step, so at most the work since that one is lost.
 """
 
 import os
-from typing import Any, Optional
+from typing import Any
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class Checkpointer:
@@ -28,7 +28,7 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, tree: Any) -> None:
@@ -45,12 +45,12 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target))
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def restore_latest(self, target: Any) -> tuple[Optional[int], Any]:
+  def restore_latest(self, target: Any) -> tuple[int | None, Any]:
     """(step, tree) of the newest readable checkpoint, or (None, target) if there is none."""
     for step in reversed(self.all_steps()):
       try:
         return step, self.restore(step, target)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001  (any error of a corrupt checkpoint: fall back)
         aside = self._set_aside(step)
         logging.warning("checkpoint step %d in %s is unreadable (%s: %s); moved to %s; trying an "
                         "older one", step, self.directory, type(e).__name__, e, aside)

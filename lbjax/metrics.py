@@ -6,7 +6,8 @@ steps, so the train loop never waits for the device in between.
 
 import json
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def write_status(workdir: str, status: str, step: int, **extra) -> None:
   os.replace(path + ".tmp", path)
 
 
-def read_status(workdir: str) -> Optional[dict]:
+def read_status(workdir: str) -> dict | None:
   path = os.path.join(workdir, STATUS_FILE)
   if not os.path.exists(path):
     return None

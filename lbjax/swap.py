@@ -361,7 +361,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   def finish(status: str, phase: int, step: int, **results) -> dict[str, Any]:
     rec.close()
     rec.write_status(status, step, phase=phase, total_steps=total, **results)
-    loop.print_outcome(status, step, what=f"SWAP phase {phase}")
+    if phase == 2:  # phase 1 printed its own outcome
+      loop.print_outcome(status, step, what="SWAP phase 2")
     return {"status": status, "phase": phase, "step": step, **results}
 
   # Phase 1, unless phase 2 has begun (its step-0 checkpoint is the phase boundary).
@@ -414,11 +415,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if restored3 is None:
     print("lbjax: SWAP phase 3: averaging the replicas and recomputing BatchNorm", flush=True)
     model = {"params": averaged_weights(states, use_swa=swa.enabled(config))}
-    _, model["batch_stats"] = evaluate_average(model["params"])
+    results, model["batch_stats"] = evaluate_average(model["params"])
     ckpt3.save(0, model)
+  else:  # a finished run, rerun: the same model, evaluated again
+    results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
+                                         step_lib.replicate(model["batch_stats"]))
   ckpt3.close()
-  results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
-                                       step_lib.replicate(model["batch_stats"]))
   for key, each in evaluate_replicas(exp, states).items():
     results.update({f"replica_{key}": each, f"replica_mean_{key}": float(np.mean(each))})
   results.update(train.result_keys(results, use_swa=False))

@@ -5,18 +5,18 @@ bit-identical to an uninterrupted run; bad input must stop with one line naming 
 leave the workdir exactly as it was.
 """
 
-import io
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from absl import flags
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from lbjax import main as lbjax_main
 from lbjax import metrics as metrics_lib

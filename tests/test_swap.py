@@ -8,13 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import sweeps
-from configs import swap_digits
+from configs import swap_digits, sweeps
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
-from lbjax import runners
+from lbjax import runners, swap
 from lbjax import step as step_lib
-from lbjax import swap
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
 
@@ -36,17 +34,50 @@ def _close(a, b, tol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
 
 
+def _same_replica(got, ref):
+  """Weights, BatchNorm statistics, step and seed within 1e-6; the optimizer state within 1e-6
+  of each leaf's scale, except K-FAC's curvature factors: sums over ~10^3 patch products, whose
+  float32 rounding differs between a vmapped (grouped) convolution and a plain one by up to
+  ~1e-5 of their scale (measured: 9.3e-6 on factors of magnitude 9.5)."""
+  _close({"params": got.params, "batch_stats": got.batch_stats, "step": got.step,
+          "seed": got.seed},
+         {"params": ref.params, "batch_stats": ref.batch_stats, "step": ref.step,
+          "seed": ref.seed})
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(got.opt_state),
+                          jax.tree.leaves(ref.opt_state)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    factor = any(name in jax.tree_util.keystr(path) for name in ("factors", "inverses"))
+    scale = max(1.0, float(np.abs(y).max(initial=0.0)))
+    tol = (2e-5 if factor else 1e-6) * scale
+    assert np.abs(x - y).max(initial=0.0) <= tol, (jax.tree_util.keystr(path),
+                                                   np.abs(x - y).max(), tol)
+
+
 def _take(tree, k):
   return jax.tree.map(lambda x: np.asarray(x)[k], tree)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compile_once(tmp_path_factory):
+  """JAX's persistent compilation cache, for this module only: the normal runs of replicas
+  0..K-1, built from K configs, are one program when the seed is data (as `lbjax.step` makes it),
+  so they compile once; a step that captured its config's seed would compile (and differ) per
+  replica. The cache keys on the program and the devices, never skipping a compile that differs.
+  """
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+          "jax_persistent_cache_min_entry_size_bytes")
+  before = {key: getattr(jax.config, key) for key in keys}
+  jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update(keys[1], 0)
+  jax.config.update(keys[2], -1)
+  yield
+  for key, value in before.items():
+    jax.config.update(key, value)
+
+
 def _phase1_state(config, data):
-  """Phase-1 weights: the initial state of phase 1's model after one large-batch step."""
-  exp1 = step_lib.build(swap.phase1_config(config), data)
-  devices = jax.devices()[:1]
-  state, _ = exp1.pmap_train_step(devices)(step_lib.replicate(exp1.init_state(), devices),
-                                            exp1.train_batch(0, local_device_count=1))
-  return step_lib.unreplicate(state)
+  """Phase-1 weights: the initial state of phase 1's model (any weights serve the comparison)."""
+  return jax.device_get(step_lib.build(swap.phase1_config(config), data).init_state())
 
 
 def _normal_run(config, data, state1, steps, devices):
@@ -96,7 +127,7 @@ def test_replica_k_is_the_normal_one_device_run_of_phase2_config_k(case):
       got = _swap_replicas(config, data, state1, 2, execution, jax.devices()[:n])
       assert got.step.tolist() == [2] * 4 and got.seed.tolist() == [1, 2, 3, 4]
       for k in range(4):
-        _close(_take(got, k), refs[k])
+        _same_replica(_take(got, k), refs[k])
   # The replicas differ (own data order, augmentation and keys).
   assert max(np.abs(a[0] - a[1]).max() for a in jax.tree.leaves(got.params)) > 1e-5
 
@@ -117,7 +148,7 @@ def test_two_replicas_on_four_devices_are_normal_two_device_runs(execution):
   for k in range(2):
     ref = _normal_run(swap.phase2_config(config, k), data, state1, 2,
                       jax.devices()[2 * k:2 * k + 2])
-    _close(_take(got, k), ref)
+    _same_replica(_take(got, k), ref)
   assert got.opt_state.count.tolist() == [2, 2]  # each replica keeps its own SWA average
 
 
@@ -250,6 +281,6 @@ def test_an_hpo_callback_sees_every_phase_and_can_stop_a_swap_run(tmp_path):
       (s, m)) and False)
   assert summary["status"] == "completed"
   assert [s for s, _ in seen] == sorted({s for s, _ in seen})
-  last_step, last = seen[-1]
+  _, last = seen[-1]
   assert last["test_accuracy"] == summary["result_test_accuracy"]
   assert last["validation_accuracy"] == summary["result_validation_accuracy"]
