@@ -57,7 +57,7 @@ def with_optimizer(exp: train.Experiment, tx: optax.GradientTransformation) -> t
   """
   data = exp.data
   parts = train.make_step_parts(
-      exp.model, tx, seed=exp.config.seed, augment_mode=exp.config.augment,
+      exp.model, tx, augment_mode=exp.config.augment,
       num_classes=data.num_classes, mean=np.asarray(data.mean, np.float32),
       std=np.asarray(data.std, np.float32), learning_rate=exp.learning_rate)
   return exp._replace(tx=tx, train_parts=parts, train_step=accumulate.scan_step(
