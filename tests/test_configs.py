@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import run as run_lib
-from lbjax import config_lib
-from lbjax import swap
-from lbjax import train
+from lbjax import runners, swap, train
 from lbjax.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +37,7 @@ def _fake_data(config) -> datasets.Dataset:
   num_train, (h, w, c) = SHAPES[config.dataset]
   if config.image_size:
     h = w = config.image_size
-  num_validation = int(round(config.validation_fraction * num_train))
+  num_validation = round(config.validation_fraction * num_train)
 
   def split(n):
     return {"image": np.broadcast_to(np.zeros((1, h, w, c), np.uint8), (n, h, w, c)),
@@ -75,7 +73,7 @@ def test_config_and_every_sweep_run_validate_and_build(path, tmp_path):
   assert runs, path
   for run in runs:
     config = run.config
-    config_lib.validate(config, device_count=1)
+    runners.validate(config, device_count=1)
     configs = [config]
     if swap.enabled(config):  # phase 1 and the replicas' phase 2 are runs of their own
       configs = [swap.phase1_config(config), swap.phase2_config(config)]

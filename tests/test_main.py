@@ -20,7 +20,8 @@ def launch(*args, devices=4, timeout=600, env_extra=None, background=False):
   if background:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                        check=False)
 
 
 def test_quickstart_reaches_090_and_a_rerun_resumes(tmp_path):
@@ -56,6 +57,10 @@ BAD_INPUTS = [
     (["--config.dataset=mnist"], "config.dataset"),
     (["--config.batch_size=30"], "config.batch_size"),
     (["--config.dataset=cifar10"], "config.data_dir"),
+    (["--config.seed=-1"], "config.seed"),
+    (["--config.model.ghost_batch_size=4"], "config.model.ghost_batch_size"),  # LeNet: no BN
+    (["--config.swap.enabled=True", "--config.swap.optimizer.name=sgdd"],
+     "config.swap.optimizer.name"),
 ]
 
 
@@ -82,6 +87,7 @@ def _free_port():
 def _params(workdir):
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
+
   from lbjax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step()
