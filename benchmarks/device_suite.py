@@ -220,6 +220,15 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
   data = synthetic_data(sizes["examples"])
   model = sizes["model"]
   rows, start = [], time.time()
+  # The machine line first and each section's rows as soon as they are measured (flushed): a run
+  # cut off by a device-time limit keeps what it measured (the full table follows at the end).
+  print(common.machine_line(), flush=True)
+
+  def emit(section: str, new_rows) -> None:
+    rows.extend(new_rows)
+    print(f"[{time.time() - start:.0f} s] {section}:", flush=True)
+    common.print_table(HEADER, new_rows)
+    sys.stdout.flush()
 
   # 1. Throughput: float32 vs bfloat16 at each global batch, on all devices.
   ratio_at = {}
@@ -241,8 +250,8 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
     ratio = common.paired_ratio(pair[0].case, pair[1].case)  # f32 time / bf16 time
     ratio_at[batch] = ratio
     sgd_at[batch] = pair[0]
-    rows += [_row("throughput", pair[0], n, batch, None),
-             _row("throughput", pair[1], n, batch, ratio)]
+    emit(f"throughput at batch {batch}", [_row("throughput", pair[0], n, batch, None),
+                                           _row("throughput", pair[1], n, batch, ratio)])
     del pair
 
   # 2. SWAP phase 2: vmap vs loop.
@@ -255,8 +264,8 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
           for execution in ("vmap", "loop")]
   interleave(pair, rounds, steps)
   swap_ratio = common.paired_ratio(pair[0].case, pair[1].case)
-  rows += [_row("SWAP phase 2", pair[0], n, k * sizes["replica_batch"], swap_ratio),
-           _row("SWAP phase 2", pair[1], n, k * sizes["replica_batch"], None)]
+  emit("SWAP phase 2", [_row("SWAP phase 2", pair[0], n, k * sizes["replica_batch"], swap_ratio),
+                        _row("SWAP phase 2", pair[1], n, k * sizes["replica_batch"], None)])
   del pair
 
   # 3. K-FAC vs SGD.
@@ -265,8 +274,8 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
                         devices),
           sgd_case(f"{model} sgd", batch, devices)]
   interleave(pair, rounds, steps)
-  rows += [_row("K-FAC", pair[0], n, batch, common.paired_ratio(pair[0].case, pair[1].case)),
-           _row("K-FAC", pair[1], n, batch, None, label=f"{model} sgd")]
+  emit("K-FAC", [_row("K-FAC", pair[0], n, batch, common.paired_ratio(pair[0].case, pair[1].case)),
+                 _row("K-FAC", pair[1], n, batch, None, label=f"{model} sgd")])
   del pair
 
   # 4. pmap over 1, 2, 4, ... all devices at a fixed per-device batch.
@@ -276,11 +285,11 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
     scaling.append(sgd_case(f"{model} on {d}", batch, devices[:d]))
   interleave(scaling, rounds, steps)
   per_device_1 = scaling[0].case.images_per_sec
-  for d, m in zip(device_counts(n), scaling):
-    rows.append(_row("pmap", m, d, sizes["per_device"] * d,
-                     m.case.images_per_sec / d / per_device_1, label=f"{model} on {d}"))
+  emit("pmap", [_row("pmap", m, d, sizes["per_device"] * d,
+                     m.case.images_per_sec / d / per_device_1, label=f"{model} on {d}")
+                for d, m in zip(device_counts(n), scaling)])
 
-  print(common.machine_line())
+  print()
   print(f"{model} on synthetic 32x32x3 batches; {rounds} interleaved rounds x {steps} steps per "
         f"case; step ms = median; ratio: throughput bf16/f32 images/s, SWAP vmap/loop step time, "
         f"K-FAC kfac/sgd step time, pmap images/s per device vs 1 device; "
