@@ -3,8 +3,8 @@ r"""SWAP on the embedded digits, CPU-sized: large-batch only vs large batch + SW
 Phase 1 trains a ResNet-tiny with LARS (seed 000 Alg. 1) at batch 512 (a third of the 1437
 training images) for 30 epochs, 5 of warmup, cosine decay; phase 2 trains 4 replicas from its
 weights with momentum SGD at batch 32 for 4 epochs each (run as `config.swap.execution` says);
-phase 3 averages them and recomputes BatchNorm. Printed at the end: each replica's test accuracy, their mean, the
-large-batch (phase 1) test accuracy and the averaged model's (the last line).
+phase 3 averages them and recomputes BatchNorm. Printed at the end: each replica's test accuracy,
+their mean, the large-batch (phase 1) test accuracy and the averaged model's (the last line).
 
 Measured (2 shared CPU cores, ~1m45s of CPU time): large batch alone (phase 1) 0.9278; replicas
 0.9639 / 0.9611 / 0.9667 / 0.9694, mean 0.9653; averaged model 0.9667.
