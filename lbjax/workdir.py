@@ -20,7 +20,9 @@ import fcntl
 import json
 import os
 import socket
-from typing import Iterator, Optional
+from collections.abc import Iterator
+
+from typing_extensions import Self
 
 from lbjax.errors import ConfigError
 
@@ -66,7 +68,7 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
-    self._fd: Optional[int] = None
+    self._fd: int | None = None
 
   @staticmethod
   def owner(workdir: str) -> dict:
@@ -77,7 +79,7 @@ class WorkdirLock:
     except (OSError, ValueError):
       return {}
 
-  def acquire(self) -> "WorkdirLock":
+  def acquire(self) -> Self:
     """Takes the lock, creating the workdir if needed; `WorkdirInUse` if a live process has it.
 
     The lock file is opened without truncation, so a refused process changes nothing; the
@@ -103,14 +105,14 @@ class WorkdirLock:
       os.close(self._fd)
       self._fd = None
 
-  def __enter__(self) -> "WorkdirLock":
+  def __enter__(self) -> Self:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
     self.release()
 
 
-def in_use(workdir: str) -> Optional[dict]:
+def in_use(workdir: str) -> dict | None:
   """The owner of ``workdir`` if a live process holds its lock, else None (nothing is written).
 
   For the sweep runner and HPO workers, which skip such a run instead of failing.
@@ -128,7 +130,7 @@ def in_use(workdir: str) -> Optional[dict]:
   return None
 
 
-def classify(exc: BaseException) -> Optional[str]:
+def classify(exc: BaseException) -> str | None:
   """The OS reason (e.g. ``No space left on device``) if ``exc`` is, or wraps, a storage error.
 
   Looks through ``__cause__``/``__context__`` for an ``OSError`` with one of `STORAGE_ERRNOS`;
@@ -155,7 +157,7 @@ def writing(what: str) -> Iterator[None]:
     yield
   except WriteFailure:
     raise
-  except Exception as e:  # noqa: BLE001  (classify decides; anything else is re-raised)
+  except Exception as e:  # classify decides; anything else is re-raised
     reason = classify(e)
     if reason is None:
       raise

@@ -30,14 +30,17 @@ def test_second_owner_is_refused_and_dead_owner_never_blocks(tmp_path):
   path = str(tmp_path / "run")
   proc = _hold(path)
   try:
-    before = sorted(os.listdir(path)), open(os.path.join(path, ".lock")).read()
+    lock_file = os.path.join(path, ".lock")
+    with open(lock_file) as f:
+      before = sorted(os.listdir(path)), f.read()
     assert workdir_lib.in_use(path)["pid"] == proc.pid
     with pytest.raises(workdir_lib.WorkdirInUse) as e:
       workdir_lib.WorkdirLock(path).acquire()
     assert e.value.key == "--workdir"
     assert f"in use by process {proc.pid} on " in str(e.value)
     # The refused attempt changed nothing.
-    assert (sorted(os.listdir(path)), open(os.path.join(path, ".lock")).read()) == before
+    with open(lock_file) as f:
+      assert (sorted(os.listdir(path)), f.read()) == before
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -57,12 +60,11 @@ def test_in_use_of_a_fresh_workdir_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO])
 def test_writing_turns_storage_errors_into_one_failure(code):
-  with pytest.raises(workdir_lib.WriteFailure) as e:
-    with workdir_lib.writing("checkpoint step 100"):
-      try:
-        raise OSError(code, os.strerror(code))
-      except OSError as inner:  # wrapped, as orbax does
-        raise RuntimeError("RESOURCE_EXHAUSTED: write failed") from inner
+  with pytest.raises(workdir_lib.WriteFailure) as e, workdir_lib.writing("checkpoint step 100"):
+    try:
+      raise OSError(code, os.strerror(code))
+    except OSError as inner:  # wrapped, as orbax does
+      raise RuntimeError("RESOURCE_EXHAUSTED: write failed") from inner
   assert e.value.what == "checkpoint step 100"
   assert e.value.reason == os.strerror(code)
 
@@ -71,6 +73,5 @@ def test_flattened_message_is_recognised_and_other_errors_pass_through():
   assert workdir_lib.classify(ValueError("RESOURCE_EXHAUSTED: ...: No space left on device")) == (
       "No space left on device")
   assert workdir_lib.classify(OSError(errno.ENOENT, "No such file or directory")) is None
-  with pytest.raises(KeyError):
-    with workdir_lib.writing("metrics"):
-      raise KeyError("a bug, not the disk")
+  with pytest.raises(KeyError), workdir_lib.writing("metrics"):
+    raise KeyError("a bug, not the disk")
