@@ -23,13 +23,15 @@ Every benchmark prints a table and ``ratio: X`` as its last line (:func:`print_r
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -40,8 +42,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 from configs import default  # pylint: disable=wrong-import-position
-from lbjax import accumulate  # pylint: disable=wrong-import-position
-from lbjax import train  # pylint: disable=wrong-import-position
+from lbjax import (
+  accumulate,  # pylint: disable=wrong-import-position
+  train,  # pylint: disable=wrong-import-position
+)
 from lbjax.data import pipeline  # pylint: disable=wrong-import-position
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
 
@@ -80,7 +84,7 @@ class Case:
   args: tuple
   examples: int
   state_mib: float = float("nan")
-  xla_mib: Optional[float] = None
+  xla_mib: float | None = None
   compile_s: float = float("nan")
   times: list = dataclasses.field(default_factory=list)  # seconds per step, one per round
 
@@ -96,7 +100,7 @@ class Case:
         m = lower(self.state, *self.args).compile().memory_analysis()
         self.xla_mib = (m.argument_size_in_bytes + m.output_size_in_bytes
                         - m.alias_size_in_bytes + m.temp_size_in_bytes) / MIB
-      except Exception:  # pylint: disable=broad-except  (a backend without the analysis)
+      except Exception:  # noqa: BLE001  (a backend without the analysis raises its own error)
         self.xla_mib = None
 
   def run(self, steps: int) -> float:
@@ -122,7 +126,7 @@ class Case:
 
 
 def train_case(name: str, exp: train.Experiment,
-               devices: Optional[Sequence[jax.Device]] = None) -> Case:
+               devices: Sequence[jax.Device] | None = None) -> Case:
   """The pmapped train step of ``exp`` as ``train_and_evaluate`` runs it (state donated) on
   ``devices`` (default: all local), with batch 0 already on the devices."""
   devices = list(jax.local_devices() if devices is None else devices)
@@ -164,7 +168,7 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def device_peak_mib() -> Optional[float]:
+def device_peak_mib() -> float | None:
   """``peak_bytes_in_use`` of the first device where the backend reports it (None on CPU)."""
   stats = jax.devices()[0].memory_stats()
   if not stats or "peak_bytes_in_use" not in stats:
@@ -183,7 +187,7 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def machine_line(devices: Optional[str] = None) -> str:
+def machine_line(devices: str | None = None) -> str:
   """Cores, CPU model, load average (1, 5, 15 min), jax, devices and the date."""
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   if devices is None:
@@ -215,7 +219,7 @@ def _cell(value) -> str:
   if value is None:
     return "n/a"
   if isinstance(value, float):
-    if value != value:  # nan
+    if math.isnan(value):
       return "n/a"
     return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
   return str(value)

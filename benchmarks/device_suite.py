@@ -47,18 +47,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+import common  # pylint: disable=g-bad-import-order,wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from configs import default  # pylint: disable=wrong-import-position
-from configs import quickstart  # pylint: disable=wrong-import-position
+from configs import (
+  default,  # pylint: disable=wrong-import-position
+  quickstart,  # pylint: disable=wrong-import-position
+)
 from lbjax import step as step_lib  # pylint: disable=wrong-import-position
 from lbjax import swap  # pylint: disable=wrong-import-position
-from lbjax.data import datasets  # pylint: disable=wrong-import-position
-from lbjax.data import pipeline  # pylint: disable=wrong-import-position
+from lbjax.data import (
+  datasets,  # pylint: disable=wrong-import-position
+  pipeline,  # pylint: disable=wrong-import-position
+)
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
-
-import common  # pylint: disable=g-bad-import-order,wrong-import-position
 
 # Sizes of the full run and of --smoke.
 FULL = {"model": "resnet18", "batches": (256, 1024, 4096), "ratio_batch": 1024, "replicas": 4,

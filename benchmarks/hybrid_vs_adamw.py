@@ -18,13 +18,12 @@ optax step time (goal X <= 1.05).
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
-
 import optax  # pylint: disable=wrong-import-order
 
 from lbjax import train  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
 
-SETTINGS = dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+SETTINGS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
 
 
 def optax_adamw(learning_rate):

@@ -40,9 +40,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import itertools
+
+import common  # pylint: disable=g-bad-import-order,wrong-import-position
 import flax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
@@ -50,10 +52,8 @@ from configs import default  # pylint: disable=wrong-import-position
 from lbjax import train  # pylint: disable=wrong-import-position
 from lbjax.data import augment  # pylint: disable=wrong-import-position
 
-import common  # pylint: disable=g-bad-import-order,wrong-import-position
-
-SETTINGS = dict(learning_rate=0.003, momentum=0.9, damping=1e-2, cov_ema_decay=0.95,
-                inverse_update_period=5)
+SETTINGS = {"learning_rate": 0.003, "momentum": 0.9, "damping": 1e-2, "cov_ema_decay": 0.95,
+                "inverse_update_period": 5}
 # lbjax fisher -> kfac-jax estimation_mode. kfac-jax's "fisher_empirical" divides G by the batch
 # size once more (its docstring says so: the empirical Fisher of the batch-mean gradient), so the
 # matched comparison uses the true Fisher with sampled labels (kfac-jax's default mode).
@@ -178,7 +178,7 @@ def main():
     times = {name: [] for name in runners}
     cpu = {name: 0.0 for name in runners}
     bounds = np.linspace(WARMUP, args.steps, args.rounds + 1).astype(int)
-    for rnd, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for rnd, (lo, hi) in enumerate(itertools.pairwise(bounds)):
       for name, runner in runners.items():
         start, start_cpu = time.perf_counter(), time.process_time()
         chunk = [runner.step(batch) for batch in inputs[name][lo:hi]]

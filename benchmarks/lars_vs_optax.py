@@ -26,14 +26,13 @@ X <= 1.03).
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
-
 import optax  # pylint: disable=wrong-import-order
 
 from lbjax import train  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
 
-SETTINGS = dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.001,
-                eps=0.0)
+SETTINGS = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "trust_coefficient": 0.001,
+                "eps": 0.0}
 
 
 def optax_lars(learning_rate):

@@ -20,7 +20,6 @@ Last line: ``ratio: X`` = the largest step-time ratio to plain SGD over all opti
 """
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
-
 import jax  # pylint: disable=wrong-import-order
 
 from lbjax import train  # pylint: disable=wrong-import-order

@@ -40,6 +40,7 @@ def worker(args):
   stdin with seconds per step on stdout (one JSON object per line)."""
   import common  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS is set)
   import jax  # pylint: disable=g-import-not-at-top
+
   from lbjax import train  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()

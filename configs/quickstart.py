@@ -18,22 +18,22 @@ from lbjax.optim import registry
 
 # name -> hyperparameters for LeNet-5 on digits at batch 128.
 OPTIMIZERS = {
-    "sgd": dict(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4),
+    "sgd": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
     # NAG's (1 − μ) dampening: η = 1.0 takes the steps of undampened momentum SGD at 0.1.
-    "nag": dict(learning_rate=1.0, momentum=0.9, weight_decay=5e-4),
-    "adam": dict(learning_rate=3e-3, weight_decay=0.0),
-    "adamw": dict(learning_rate=3e-3, weight_decay=0.01),
+    "nag": {"learning_rate": 1.0, "momentum": 0.9, "weight_decay": 5e-4},
+    "adam": {"learning_rate": 3e-3, "weight_decay": 0.0},
+    "adamw": {"learning_rate": 3e-3, "weight_decay": 0.01},
     # β₂ = 0.99: with 0.999 the rectifier stays small for most of a short run.
-    "radam": dict(learning_rate=1e-2, b2=0.99, weight_decay=0.01),
-    "adabelief": dict(learning_rate=3e-3, weight_decay=0.01),
+    "radam": {"learning_rate": 1e-2, "b2": 0.99, "weight_decay": 0.01},
+    "adabelief": {"learning_rate": 3e-3, "weight_decay": 0.01},
     # Trust coefficient 0.1: each kernel moves ~1% of its norm per step (×10 with momentum).
-    "lars": dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.1),
+    "lars": {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "trust_coefficient": 0.1},
     # Each tensor moves ~lr of its norm per step (trust ratio ||w|| / ||r||).
-    "lamb": dict(learning_rate=2e-2, weight_decay=0.01),
-    "hybrid": dict(learning_rate=1e-2, b2=0.99, weight_decay=0.01),
+    "lamb": {"learning_rate": 2e-2, "weight_decay": 0.01},
+    "hybrid": {"learning_rate": 1e-2, "b2": 0.99, "weight_decay": 0.01},
     # Seed 002 Table 1, K-FAC at batch 128 (lr, momentum, weight decay, cov-ema-decay, damping).
-    "kfac": dict(learning_rate=1e-3, momentum=0.9, weight_decay=5e-5, cov_ema_decay=0.99,
-                 damping=1e-3),
+    "kfac": {"learning_rate": 1e-3, "momentum": 0.9, "weight_decay": 5e-5, "cov_ema_decay": 0.99,
+                 "damping": 1e-3},
 }
 
 

@@ -39,8 +39,7 @@ The whole table (``seeds=10`` repeats every cell over 10 seeds, as the seed does
         --data_dir=/data/tfds
 """
 
-from configs import default
-from configs import sweeps
+from configs import default, sweeps
 from lbjax.optim import registry
 
 BATCH_SIZES = (4096, 8192, 16384)

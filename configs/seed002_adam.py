@@ -12,12 +12,12 @@ from configs import seed002_common
 
 # Table 1, Adam: weight decay, α, α-decay, α-decay-epoch, β1, β2, eps (eta = 1.0).
 TABLE1 = {
-    128: dict(val_acc=0.818829, weight_decay=0.0, learning_rate=1.33886e-3, lr_decay=0.397648,
-              lr_decay_epoch=60, b1=0.872596, b2=0.999, eps=1.0e-8),
-    512: dict(val_acc=0.819347, weight_decay=0.0, learning_rate=1.22052e-3, lr_decay=0.261723,
-              lr_decay_epoch=100, b1=0.874545, b2=0.999, eps=1.0e-8),
-    2048: dict(val_acc=0.795179, weight_decay=0.0, learning_rate=1.26235e-3, lr_decay=0.183551,
-               lr_decay_epoch=100, b1=0.869701, b2=0.999, eps=1.0e-8),
+    128: {"val_acc": 0.818829, "weight_decay": 0.0, "learning_rate": 1.33886e-3, "lr_decay": 0.397648,
+              "lr_decay_epoch": 60, "b1": 0.872596, "b2": 0.999, "eps": 1.0e-8},
+    512: {"val_acc": 0.819347, "weight_decay": 0.0, "learning_rate": 1.22052e-3, "lr_decay": 0.261723,
+              "lr_decay_epoch": 100, "b1": 0.874545, "b2": 0.999, "eps": 1.0e-8},
+    2048: {"val_acc": 0.795179, "weight_decay": 0.0, "learning_rate": 1.26235e-3, "lr_decay": 0.183551,
+               "lr_decay_epoch": 100, "b1": 0.869701, "b2": 0.999, "eps": 1.0e-8},
 }
 
 # TPE search space (lbjax/hpo/space.py): α, its step decay and β1; weight decay, β2 and eps stay at

@@ -32,13 +32,12 @@ from optax's ``v ← μv + g; w ← w − εv`` for about ``1/(1 − α)`` steps
 (``--config.optimizer.lr_in_buffer=False`` runs optax's).
 """
 
-from typing import Optional
 
 import ml_collections
 
 from configs import default
-from lbjax.optim import registry
 from lbjax.hpo import space
+from lbjax.optim import registry
 
 BATCH_SIZES = (128, 512, 2048)  # the rows of Table 1
 # Experiment 2 (Fig. 2): "ミニバッチサイズを128から2048まで2倍ずつ変化させた".
@@ -94,7 +93,7 @@ def batch_size_of(arg) -> int:
 
 def uniform(key: str, low: float, high: float, label: str, *, log: bool = False) -> dict:
   """A float search-space entry for ``config.<key>``; ``label`` is its Table 1 column."""
-  return dict(key=key, type="float", low=low, high=high, log=log, label=label)
+  return {"key": key, "type": "float", "low": low, "high": high, "log": log, "label": label}
 
 
 def log_uniform(key: str, low: float, high: float, label: str) -> dict:
@@ -104,11 +103,11 @@ def log_uniform(key: str, low: float, high: float, label: str) -> dict:
 def step_decay_space(name: str = "lr", label: str = "lr") -> dict:
   """Table 1's "lr-decay" in [0.1, 1] and "lr-decay-epoch" in 10, 20, ..., 100 epochs."""
   return {f"{name}_decay": uniform("schedule.lr_decay", 0.1, 1.0, f"{label}-decay"),
-          f"{name}_decay_epoch": dict(key="schedule.lr_decay_epoch", type="int", low=10, high=100,
-                                      step=10, log=False, label=f"{label}-decay-epoch")}
+          f"{name}_decay_epoch": {"key": "schedule.lr_decay_epoch", "type": "int", "low": 10, "high": 100,
+                                      "step": 10, "log": False, "label": f"{label}-decay-epoch"}}
 
 
-def base(batch_size: int, row: dict, search_space: Optional[dict] = None,
+def base(batch_size: int, row: dict, search_space: dict | None = None,
          data: str = "cifar10") -> ml_collections.ConfigDict:
   """The seed 002 run at ``batch_size`` with Table 1's ``row``.
 

@@ -13,13 +13,13 @@ from configs import seed002_common
 
 # Table 1, K-FAC: weight decay, lr, lr-decay, lr-decay-epoch, momentum, cov-ema-decay, damping.
 TABLE1 = {
-    128: dict(val_acc=0.741891, weight_decay=5.0e-5, learning_rate=0.001, lr_decay=0.5,
-              lr_decay_epoch=20, momentum=0.9, cov_ema_decay=0.99, damping=0.001),
-    512: dict(val_acc=0.713202, weight_decay=8.32268e-4, learning_rate=9.42950e-3,
-              lr_decay=0.446998, lr_decay_epoch=60, momentum=0.641641, cov_ema_decay=0.876205,
-              damping=3.76662e-3),
-    2048: dict(val_acc=0.649841, weight_decay=5.0e-5, learning_rate=0.005, lr_decay=0.5,
-               lr_decay_epoch=20, momentum=0.9, cov_ema_decay=0.99, damping=0.001),
+    128: {"val_acc": 0.741891, "weight_decay": 5.0e-5, "learning_rate": 0.001, "lr_decay": 0.5,
+              "lr_decay_epoch": 20, "momentum": 0.9, "cov_ema_decay": 0.99, "damping": 0.001},
+    512: {"val_acc": 0.713202, "weight_decay": 8.32268e-4, "learning_rate": 9.42950e-3,
+              "lr_decay": 0.446998, "lr_decay_epoch": 60, "momentum": 0.641641, "cov_ema_decay": 0.876205,
+              "damping": 3.76662e-3},
+    2048: {"val_acc": 0.649841, "weight_decay": 5.0e-5, "learning_rate": 0.005, "lr_decay": 0.5,
+               "lr_decay_epoch": 20, "momentum": 0.9, "cov_ema_decay": 0.99, "damping": 0.001},
 }
 
 # TPE search space over Table 1's columns (lbjax/hpo/space.py; ranges contain every Table 1 value).

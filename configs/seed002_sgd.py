@@ -14,12 +14,12 @@ from configs import seed002_common
 
 # Table 1, Momentum SGD: weight decay, lr, lr-decay, lr-decay-epoch, momentum.
 TABLE1 = {
-    128: dict(val_acc=0.853837, weight_decay=9.45528e-4, learning_rate=7.02133e-3,
-              lr_decay=0.380818, lr_decay_epoch=70, momentum=0.851752),
-    512: dict(val_acc=0.849977, weight_decay=8.59781e-4, learning_rate=1.22424e-2,
-              lr_decay=0.317370, lr_decay_epoch=60, momentum=0.865659),
-    2048: dict(val_acc=0.834328, weight_decay=7.13765e-4, learning_rate=1.13121e-2,
-               lr_decay=0.689114, lr_decay_epoch=50, momentum=0.945714),
+    128: {"val_acc": 0.853837, "weight_decay": 9.45528e-4, "learning_rate": 7.02133e-3,
+              "lr_decay": 0.380818, "lr_decay_epoch": 70, "momentum": 0.851752},
+    512: {"val_acc": 0.849977, "weight_decay": 8.59781e-4, "learning_rate": 1.22424e-2,
+              "lr_decay": 0.317370, "lr_decay_epoch": 60, "momentum": 0.865659},
+    2048: {"val_acc": 0.834328, "weight_decay": 7.13765e-4, "learning_rate": 1.13121e-2,
+               "lr_decay": 0.689114, "lr_decay_epoch": 50, "momentum": 0.945714},
 }
 
 # TPE search space over Table 1's columns (lbjax/hpo/space.py; ranges contain every Table 1 value).

@@ -32,8 +32,7 @@ row. The argument is an optimizer name (one row; default ``hybrid``, η = 0.01) 
         --config.data_dir=/data/tfds --config.optimizer.learning_rate=0.1
 """
 
-from configs import seed003_ablation
-from configs import sweeps
+from configs import seed003_ablation, sweeps
 from lbjax.optim import registry
 
 LEARNING_RATES = (0.1, 0.01, 0.001)

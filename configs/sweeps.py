@@ -5,16 +5,18 @@ replaces a whole block (`apply_overrides`), and the reserved key ``"run_name"`` 
 directory (else the name is made from the overrides; a ``seed`` override is appended either way).
 """
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
 from lbjax.errors import ConfigError
+from lbjax.optim import registry
 
 RUN_NAME = "run_name"
 
 
-def options(arg: Optional[str], defaults: dict[str, Any]) -> dict[str, Any]:
+def options(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
   """Parses a config argument ``"key=value,key=value"``; values take the type of the default.
 
   Raises:
@@ -45,9 +47,15 @@ def with_seeds(entries: Iterable[dict], num_seeds: int) -> list[dict]:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
                     where: str = "sweep") -> ml_collections.ConfigDict:
-  """A copy of ``config`` with ``overrides`` (dotted keys; a dict value replaces the block)."""
+  """A copy of ``config`` with ``overrides`` (dotted keys; a dict value replaces the block).
+
+  A dotted ``"optimizer.name"`` (or ``"swap.optimizer.name"``) override switches the block as
+  the launcher's ``--config.optimizer.name`` does (`registry.switch_blocks`): the new optimizer's
+  defaults, the block's learning rate and the block's other dotted keys of the same override.
+  """
   c = config.copy_and_resolve_references()
   c.unlock()
+  registry.switch_blocks(c, overrides)
   for key, value in overrides.items():
     *path, last = key.split(".")
     target = c

@@ -1,7 +1,6 @@
 """lbjax.analysis: linear interpolation between checkpoints, filter-normalised directions."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -10,8 +9,7 @@ import pytest
 from lbjax import metrics as metrics_lib
 from lbjax import train
 from lbjax.analysis import interpolate as interpolate_cli
-from lbjax.analysis import interpolation
-from lbjax.analysis import runs
+from lbjax.analysis import interpolation, runs
 from tests import experiment_runs
 from tests.test_train import small_config
 
@@ -21,8 +19,8 @@ def test_interpolate_and_direction_match_numpy():
   b = {"w": np.array([[0.0, 2.0], [1.0, 0.0]], np.float32), "b": np.array([1.5, 1.0], np.float32)}
   for alpha in (-1.0, 0.0, 0.25, 1.0, 2.0):
     got = interpolation.interpolate(a, b, alpha)
-    for k in a:
-      np.testing.assert_allclose(got[k], (1 - alpha) * a[k] + alpha * b[k], rtol=1e-6)
+    for k, v in a.items():
+      np.testing.assert_allclose(got[k], (1 - alpha) * v + alpha * b[k], rtol=1e-6)
       assert got[k].dtype == np.float32
   d = {"w": np.array([[3.0, 0.0], [4.0, 2.0]]), "b": np.array([7.0, 7.0])}
   normed = interpolation.filter_normalize(d, a)

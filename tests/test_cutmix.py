@@ -9,12 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbjax import config_lib
-from lbjax import train
-from lbjax.data import augment
-from lbjax.data import cutmix
-from lbjax.data import datasets
-from lbjax.data import pipeline
+from lbjax import config_lib, train
+from lbjax.data import augment, cutmix, datasets, pipeline
 from lbjax.errors import ConfigError
 from tests.test_train import small_config
 
@@ -139,7 +135,7 @@ def test_odd_per_device_batch_is_a_config_error():
   config_lib.validate(small_config(augment="crop+normalize", batch_size=36), device_count=4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _p_augment(mode, num_devices):
   """pmapped ``(batch, seed, step) -> (images, targets)`` exactly as the train step augments."""
   data = datasets.load("digits", image_size=W)

@@ -7,11 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from lbjax.data import augment
-from lbjax.data import datasets
-from lbjax.data import pipeline
+from lbjax.data import augment, datasets, pipeline
 from lbjax.errors import ConfigError
-
 
 # ----------------------------------------------------------------------------- datasets
 
@@ -170,7 +167,7 @@ def test_batch_is_a_pure_function_of_seed_and_step():
 
 def test_host_shards_and_device_reshape_match_one_process():
   split = _split(10)
-  kwargs = dict(batch_size=8, seed=2)
+  kwargs = {"batch_size": 8, "seed": 2}
   for step in (0, 1, 5):
     whole = pipeline.train_batch(split, step, **kwargs)
     assert whole["image"].shape == (1, 8, 2, 2, 1) and whole["image"].dtype == np.uint8
@@ -319,8 +316,8 @@ def test_same_result_on_one_and_four_devices():
   images = _images(b=2 * d)
   labels = np.arange(2 * d, dtype=np.int32)
   positions = np.arange(2 * d, dtype=np.int32)
-  kw = dict(mode="standard", num_classes=10, mean=np.full(3, 0.5, np.float32),
-            std=np.full(3, 0.25, np.float32), train=True)
+  kw = {"mode": "standard", "num_classes": 10, "mean": np.full(3, 0.5, np.float32),
+            "std": np.full(3, 0.25, np.float32), "train": True}
 
   def step(image, label, position):
     step_key = jax.random.fold_in(jax.random.PRNGKey(0), 7)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_reference import NoisyQuadratic, assert_trajectories_close, mask_of, random_tree, run
 
 from configs import quickstart
 from lbjax import optim
 from lbjax.optim import registry
-from optim_reference import NoisyQuadratic, assert_trajectories_close, mask_of, random_tree, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -34,7 +34,7 @@ def test_notebook_runs_on_a_quickstart_checkpoint(monkeypatch):
   assert f"restored {workdir} at step 12 of 12" in _output(nb, "restore")
 
   # Evaluation reproduces the loss and accuracy train_and_evaluate recorded.
-  evaluated = dict(re.findall(r"^(\w+): ([0-9.]+)$", _output(nb, "evaluate"), re.M))
+  evaluated = dict(re.findall(r"^(\w+): ([0-9.]+)$", _output(nb, "evaluate"), re.MULTILINE))
   status = metrics_lib.read_status(workdir)
   assert float(evaluated["test_loss"]) == pytest.approx(status["test_loss"], abs=2e-6)
   assert float(evaluated["test_accuracy"]) == pytest.approx(status["test_accuracy"], abs=2e-6)
@@ -46,7 +46,7 @@ def test_notebook_runs_on_a_quickstart_checkpoint(monkeypatch):
   text = _output(nb, "trust-ratios")
   beta = float(re.search(r"weight decay beta = ([0-9.e-]+)", text).group(1))
   assert beta == 5e-4  # the quickstart's weight decay
-  rows = re.findall(r"^(\S+/\S+)\s+([0-9.]+)\s+([0-9.e+-]+)\s+(\S+)$", text, re.M)
+  rows = re.findall(r"^(\S+/\S+)\s+([0-9.]+)\s+([0-9.e+-]+)\s+(\S+)$", text, re.MULTILINE)
   assert {r[0] for r in rows} == set(norms)
   for name, w_norm, g_norm, ratio in rows:
     assert float(w_norm) == pytest.approx(norms[name], abs=1e-4)

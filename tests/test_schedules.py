@@ -4,8 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import sweeps
-from configs import default
+from configs import default, sweeps
 from lbjax import schedules
 from lbjax.errors import ConfigError
 
@@ -127,7 +126,7 @@ def test_weight_decay_switched_off_at_75_percent():
     ("cosine", 0.1, lambda s, r, x: s * (r + (1 - r) * 0.5 * (1 + np.cos(np.pi * x)))),
 ])
 def test_annealing_closed_forms(annealing, ratio, formula):
-  block = ml_collections.ConfigDict(dict(scale=1e-2, annealing=annealing, final_ratio=ratio))
+  block = ml_collections.ConfigDict({"scale": 1e-2, "annealing": annealing, "final_ratio": ratio})
   schedules.validate_annealed(block, "config.noise")
   got = values(schedules.build_annealed(block, 100), 101)
   np.testing.assert_allclose(got, formula(1e-2, ratio, np.arange(101) / 100), rtol=1e-5,
@@ -135,10 +134,10 @@ def test_annealing_closed_forms(annealing, ratio, formula):
 
 
 @pytest.mark.parametrize("block,key", [
-    (dict(scale=-1.0, annealing="none", final_ratio=0.0), "config.noise.scale"),
-    (dict(scale=1.0, annealing="quadratic", final_ratio=0.0), "config.noise.annealing"),
-    (dict(scale=1.0, annealing="linear", final_ratio=2.0), "config.noise.final_ratio"),
-    (dict(scale=1.0, annealing="exponential", final_ratio=0.0), "config.noise.final_ratio"),
+    ({"scale": -1.0, "annealing": "none", "final_ratio": 0.0}, "config.noise.scale"),
+    ({"scale": 1.0, "annealing": "quadratic", "final_ratio": 0.0}, "config.noise.annealing"),
+    ({"scale": 1.0, "annealing": "linear", "final_ratio": 2.0}, "config.noise.final_ratio"),
+    ({"scale": 1.0, "annealing": "exponential", "final_ratio": 0.0}, "config.noise.final_ratio"),
 ])
 def test_bad_annealing_names_the_key(block, key):
   with pytest.raises(ConfigError) as e:

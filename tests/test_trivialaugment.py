@@ -19,11 +19,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
 import pytest
+from PIL import Image, ImageEnhance, ImageOps
 
-from lbjax.data import augment
-from lbjax.data import datasets
+from lbjax.data import augment, datasets
 from lbjax.data import trivialaugment as ta
 
 NEAREST = Image.Resampling.NEAREST
@@ -115,7 +114,7 @@ def _magnitudes(op):
   return np.concatenate([values, -values[values > 0]]) if op.signed else values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _every_magnitude(name):
   """jitted ``(images [N,H,W,C], magnitudes [M]) -> [M, N, H, W, C]`` of one op."""
   return jax.jit(jax.vmap(jax.vmap(ta.OPS[name].fn, in_axes=(0, None)), in_axes=(None, 0)))

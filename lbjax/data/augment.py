@@ -37,14 +37,14 @@ global batch, which never straddle a device when the per-device batch is a multi
 
 import functools
 import zlib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
-from lbjax.data import cutmix
-from lbjax.data import trivialaugment
+from lbjax.data import cutmix, trivialaugment
 from lbjax.errors import ConfigError
 
 CROP_PADDING = 4
@@ -113,7 +113,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def validate_mode(mode: str) -> tuple[str, ...]:
   """Checks ``config.augment`` and returns its tokens with aliases expanded, in the order they
   run (``pixel_values`` ops moved before ``normalize``).

@@ -21,7 +21,8 @@ validation split carved from train, and the per-channel mean/std.
 """
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Dataset(NamedTuple):
   """
   train: Split
   test: Split
-  validation: Optional[Split]
+  validation: Split | None
   num_classes: int
   mean: np.ndarray
   std: np.ndarray
@@ -63,8 +64,8 @@ DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 
 
-@functools.lru_cache(maxsize=None)
-def _load_digits(data_dir: Optional[str]) -> tuple[Split, Split, int]:
+@functools.cache
+def _load_digits(data_dir: str | None) -> tuple[Split, Split, int]:
   """scikit-learn digits: 1,437 train / 360 test, 8x8x1, 10 classes."""
   del data_dir  # Embedded in scikit-learn.
   # pylint: disable=g-import-not-at-top
@@ -79,7 +80,7 @@ def _load_digits(data_dir: Optional[str]) -> tuple[Split, Split, int]:
   return _split(train_x, train_y), _split(test_x, test_y), 10
 
 
-def _missing_cifar10(data_dir: Optional[str], detail: str = "") -> ConfigError:
+def _missing_cifar10(data_dir: str | None, detail: str = "") -> ConfigError:
   where = f"no prepared TFDS cifar10 in {data_dir!r}" if data_dir else "it is not set"
   return ConfigError(
       "config.data_dir",
@@ -88,8 +89,8 @@ def _missing_cifar10(data_dir: Optional[str], detail: str = "") -> ConfigError:
       + (f" ({detail})" if detail else ""))
 
 
-@functools.lru_cache(maxsize=None)
-def _load_cifar10(data_dir: Optional[str]) -> tuple[Split, Split, int]:
+@functools.cache
+def _load_cifar10(data_dir: str | None) -> tuple[Split, Split, int]:
   """TFDS cifar10 from ``data_dir`` (never downloads): 50,000 / 10,000, 32x32x3."""
   if not data_dir:
     raise _missing_cifar10(data_dir)
@@ -105,7 +106,7 @@ def _load_cifar10(data_dir: Optional[str]) -> tuple[Split, Split, int]:
   return _split(train["image"], train["label"]), _split(test["image"], test["label"]), 10
 
 
-DATASETS: dict[str, Callable[[Optional[str]], tuple[Split, Split, int]]] = {
+DATASETS: dict[str, Callable[[str | None], tuple[Split, Split, int]]] = {
     "digits": _load_digits,
     "cifar10": _load_cifar10,
 }
@@ -129,7 +130,7 @@ def resize(images: np.ndarray, image_size: int, chunk: int = 4096) -> np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
-def _resized(name: str, data_dir: Optional[str], image_size: Optional[int]
+def _resized(name: str, data_dir: str | None, image_size: int | None
              ) -> tuple[Split, Split, int]:
   train, test, num_classes = DATASETS[name](data_dir)
   if image_size is None or image_size == train["image"].shape[1] == train["image"].shape[2]:
@@ -157,7 +158,7 @@ def _take(split: Split, indices: np.ndarray) -> Split:
   return _split(split["image"][indices], split["label"][indices])
 
 
-def load(name: str, *, data_dir: Optional[str] = None, image_size: Optional[int] = None,
+def load(name: str, *, data_dir: str | None = None, image_size: int | None = None,
          validation_fraction: float = 0.0, seed: int = 0) -> Dataset:
   """Loads dataset ``name`` into host memory.
 
@@ -190,7 +191,7 @@ def load(name: str, *, data_dir: Optional[str] = None, image_size: Optional[int]
   train, test, num_classes = _resized(name, data_dir, image_size)
 
   validation = None
-  num_validation = int(round(validation_fraction * len(train["label"])))
+  num_validation = round(validation_fraction * len(train["label"]))
   if num_validation > 0:
     if num_validation >= len(train["label"]):
       raise ConfigError("config.validation_fraction",

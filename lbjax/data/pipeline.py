@@ -17,7 +17,8 @@ derives its augmentation key, so results do not depend on how the batch is split
 
 import collections
 import functools
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -144,7 +145,7 @@ def eval_batches(split: Batch, *, batch_size: int, process_index: int = 0,
 
 
 def prefetch_to_device(batches: Iterable[Any], size: int = 2,
-                       devices: Optional[Sequence[jax.Device]] = None) -> Iterator[Any]:
+                       devices: Sequence[jax.Device] | None = None) -> Iterator[Any]:
   """Puts the next ``size`` batches on device ahead of use.
 
   Each leaf's leading axis (of length ``len(devices)``) is split over ``devices`` (default

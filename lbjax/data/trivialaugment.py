@@ -49,13 +49,14 @@ References:
   ICCV 2021, arXiv:2103.10158.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import dm_pix as pix
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 NUM_BINS = 31
 

@@ -22,7 +22,8 @@ All regimes store ``params/{scale,bias}`` and ``batch_stats/{mean,var}`` (float3
 0.9 and epsilon 1e-5, and normalise with the running statistics in evaluation.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

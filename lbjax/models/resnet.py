@@ -16,14 +16,14 @@ Every network ends with global average pooling and one dense layer, so any input
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lbjax.errors import ConfigError, check_choice
-from lbjax.models import base
-from lbjax.models import layers
+from lbjax.models import base, layers
 
 
 class BasicBlock(nn.Module):

@@ -4,12 +4,11 @@ comparison, as defined in their code ``tomgoldstein/loss-landscape``, ``cifar10/
 (config ``'VGG9'``).
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 
-from lbjax.models import base
-from lbjax.models import layers
+from lbjax.models import base, layers
 
 
 class VGG9(base.Classifier):

@@ -1,10 +1,6 @@
 """LAMB, layer-wise adaptive moments (You et al. 2019, Algorithm 2): a thin factory over optax."""
 
-from typing import Any, Callable, Optional, Union
-
 import optax
-
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 
 def lamb(learning_rate: optax.ScalarOrSchedule,
@@ -12,7 +8,7 @@ def lamb(learning_rate: optax.ScalarOrSchedule,
          b2: float = 0.999,
          eps: float = 1e-6,
          weight_decay: optax.ScalarOrSchedule = 0.0,
-         mask: MaskOrFn = None) -> optax.GradientTransformation:
+         mask: optax.MaskOrFn = None) -> optax.GradientTransformation:
   r"""LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2).
 
   For every parameter tensor :math:`l` (a layer's kernel, bias, BatchNorm scale, ...) with
