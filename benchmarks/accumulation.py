@@ -28,7 +28,8 @@ import math
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import jax  # pylint: disable=g-bad-import-order
 
-from lbjax import accumulate, train
+from lbjax import accumulate
+from lbjax import train
 from lbjax.data import datasets
 
 MODES = ("scan", "host")

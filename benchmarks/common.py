@@ -22,6 +22,7 @@ Every benchmark prints a table and ``ratio: X`` as its last line (:func:`print_r
 """
 
 import argparse
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
 import os
@@ -30,7 +31,6 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,10 +42,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 from configs import default  # pylint: disable=wrong-import-position
-from lbjax import (
-  accumulate,  # pylint: disable=wrong-import-position
-  train,  # pylint: disable=wrong-import-position
-)
+from lbjax import accumulate  # pylint: disable=wrong-import-position
+from lbjax import train  # pylint: disable=wrong-import-position
 from lbjax.data import pipeline  # pylint: disable=wrong-import-position
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
 

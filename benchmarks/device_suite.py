@@ -51,16 +51,12 @@ import common  # pylint: disable=g-bad-import-order,wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from configs import (
-  default,  # pylint: disable=wrong-import-position
-  quickstart,  # pylint: disable=wrong-import-position
-)
+from configs import default  # pylint: disable=wrong-import-position
+from configs import quickstart  # pylint: disable=wrong-import-position
 from lbjax import step as step_lib  # pylint: disable=wrong-import-position
 from lbjax import swap  # pylint: disable=wrong-import-position
-from lbjax.data import (
-  datasets,  # pylint: disable=wrong-import-position
-  pipeline,  # pylint: disable=wrong-import-position
-)
+from lbjax.data import datasets  # pylint: disable=wrong-import-position
+from lbjax.data import pipeline  # pylint: disable=wrong-import-position
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
 
 # Sizes of the full run and of --smoke.

@@ -34,11 +34,9 @@ import numpy as np  # pylint: disable=wrong-import-order
 
 from configs import default  # pylint: disable=wrong-import-order
 from lbjax import train  # pylint: disable=wrong-import-order
-from lbjax.data import (
-  augment,  # pylint: disable=wrong-import-order
-  datasets,  # pylint: disable=wrong-import-order
-  pipeline,  # pylint: disable=wrong-import-order
-)
+from lbjax.data import augment  # pylint: disable=wrong-import-order
+from lbjax.data import datasets  # pylint: disable=wrong-import-order
+from lbjax.data import pipeline  # pylint: disable=wrong-import-order
 
 
 def cifar_shaped(image_size: int = 32, num_train: int = 50_000, seed: int = 0

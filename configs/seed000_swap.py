@@ -39,7 +39,8 @@ The whole table (``seeds=10`` repeats every cell over 10 seeds, as the seed does
         --data_dir=/data/tfds
 """
 
-from configs import default, sweeps
+from configs import default
+from configs import sweeps
 from lbjax.optim import registry
 
 BATCH_SIZES = (4096, 8192, 16384)

@@ -36,7 +36,8 @@ One run: ``python -m lbjax.main --config=configs/seed001_noise.py --workdir=runs
 --config.data_dir=/data/tfds --config.batch_size=8192 --config.noise.scale=1e-4``.
 """
 
-from configs import default, sweeps
+from configs import default
+from configs import sweeps
 from lbjax.optim import registry
 
 BATCH_SIZES = (128, 8192)       # SB, LB

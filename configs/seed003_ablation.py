@@ -35,7 +35,8 @@ seed's equation, ``nag=undamped`` PyTorch's (``optimizer.damped``, `lbjax/optim/
         --config.data_dir=/data/tfds
 """
 
-from configs import default, sweeps
+from configs import default
+from configs import sweeps
 from lbjax.optim import registry
 
 # Seed 003 Table 1, test accuracy (%) of each cumulative row.

@@ -32,7 +32,8 @@ row. The argument is an optimizer name (one row; default ``hybrid``, η = 0.01) 
         --config.data_dir=/data/tfds --config.optimizer.learning_rate=0.1
 """
 
-from configs import seed003_ablation, sweeps
+from configs import seed003_ablation
+from configs import sweeps
 from lbjax.optim import registry
 
 LEARNING_RATES = (0.1, 0.01, 0.001)

@@ -29,7 +29,8 @@ keeps the denominator above √(ε/(1−β₂)) ≈ 3.2e-3, see `lbjax/optim/hyb
         --workdir=runs/s003_t3 --config.data_dir=/data/tfds
 """
 
-from configs import seed003_ablation, sweeps
+from configs import seed003_ablation
+from configs import sweeps
 from lbjax.optim import registry
 
 OPTIONS = {"lr": 0.01, "wd": 0.01, "seeds": 1, "eps": 1e-8}

@@ -15,7 +15,8 @@ Measured (one CPU device, 33 s wall on 2 shared cores, 2026-11-26): large batch 
 alone for 34 epochs (as many as phase 1 + a replica's phase 2), and SWAP.
 """
 
-from configs import default, sweeps
+from configs import default
+from configs import sweeps
 from lbjax.optim import registry
 
 

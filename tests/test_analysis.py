@@ -9,7 +9,8 @@ import pytest
 from lbjax import metrics as metrics_lib
 from lbjax import train
 from lbjax.analysis import interpolate as interpolate_cli
-from lbjax.analysis import interpolation, runs
+from lbjax.analysis import interpolation
+from lbjax.analysis import runs
 from tests import experiment_runs
 from tests.test_train import small_config
 

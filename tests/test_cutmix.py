@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbjax import config_lib, train
-from lbjax.data import augment, cutmix, datasets, pipeline
+from lbjax import config_lib
+from lbjax import train
+from lbjax.data import augment
+from lbjax.data import cutmix
+from lbjax.data import datasets
+from lbjax.data import pipeline
 from lbjax.errors import ConfigError
 from tests.test_train import small_config
 

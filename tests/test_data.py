@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from lbjax.data import augment, datasets, pipeline
+from lbjax.data import augment
+from lbjax.data import datasets
+from lbjax.data import pipeline
 from lbjax.errors import ConfigError
 
 # ----------------------------------------------------------------------------- datasets

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import seed002_kfac, seed002_sgd, sweeps
+from configs import seed002_kfac
+from configs import seed002_sgd
+from configs import sweeps
 from lbjax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

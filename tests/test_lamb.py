@@ -9,8 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optim_reference import NoisyQuadratic
+from optim_reference import assert_trajectories_close
+from optim_reference import mask_of
+from optim_reference import random_tree
+from optim_reference import run
 import pytest
-from optim_reference import NoisyQuadratic, assert_trajectories_close, mask_of, random_tree, run
 
 from configs import quickstart
 from lbjax import optim

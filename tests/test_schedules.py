@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default, sweeps
+from configs import default
+from configs import sweeps
 from lbjax import schedules
 from lbjax.errors import ConfigError
 

@@ -19,10 +19,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageOps
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
 
-from lbjax.data import augment, datasets
+from lbjax.data import augment
+from lbjax.data import datasets
 from lbjax.data import trivialaugment as ta
 
 NEAREST = Image.Resampling.NEAREST

@@ -35,16 +35,17 @@ global batch, which never straddle a device when the per-device batch is a multi
 (`validate_batch`), so it too is independent of the device count.
 """
 
-import functools
-import zlib
 from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
+import zlib
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from lbjax.data import cutmix, trivialaugment
+from lbjax.data import cutmix
+from lbjax.data import trivialaugment
 from lbjax.errors import ConfigError
 
 CROP_PADDING = 4

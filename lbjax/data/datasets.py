@@ -20,8 +20,8 @@ validation split carved from train, and the per-channel mean/std.
   ``tfds build cifar10 --data_dir=DIR`` on a machine with internet access.
 """
 
-import functools
 from collections.abc import Callable
+import functools
 from typing import NamedTuple
 
 import numpy as np

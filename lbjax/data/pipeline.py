@@ -16,8 +16,8 @@ derives its augmentation key, so results do not depend on how the batch is split
 """
 
 import collections
-import functools
 from collections.abc import Iterable, Iterator, Sequence
+import functools
 from typing import Any
 
 import jax

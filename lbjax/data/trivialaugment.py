@@ -54,9 +54,9 @@ from typing import NamedTuple
 
 import dm_pix as pix
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 NUM_BINS = 31
 

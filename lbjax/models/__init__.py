@@ -20,10 +20,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from lbjax.errors import ConfigError, check_choice
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 from lbjax.models import layers
 from lbjax.models.lenet import LeNet5
-from lbjax.models.resnet import ResNet, ResNet18, ResNet34, ResNet56, ResNetTiny
+from lbjax.models.resnet import ResNet
+from lbjax.models.resnet import ResNet18
+from lbjax.models.resnet import ResNet34
+from lbjax.models.resnet import ResNet56
+from lbjax.models.resnet import ResNetTiny
 from lbjax.models.vgg import VGG9
 
 MODELS: dict[str, type[nn.Module]] = {

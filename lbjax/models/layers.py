@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from lbjax.errors import ConfigError
 

@@ -6,7 +6,8 @@ trainable subsampling, and a full C3 connection table.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbjax.models import base, layers
+from lbjax.models import base
+from lbjax.models import layers
 
 
 class LeNet5(base.Classifier):

@@ -15,15 +15,17 @@ Recognition", CVPR), in the CIFAR forms used by large-batch studies.
 Every network ends with global average pooling and one dense layer, so any input size works.
 """
 
-import functools
 from collections.abc import Callable, Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lbjax.errors import ConfigError, check_choice
-from lbjax.models import base, layers
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
+from lbjax.models import base
+from lbjax.models import layers
 
 
 class BasicBlock(nn.Module):

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from lbjax.models import base, layers
+from lbjax.models import base
+from lbjax.models import layers
 
 
 class VGG9(base.Classifier):
