@@ -21,6 +21,7 @@ from experiments import hpo_report
 from lbjax.errors import ConfigError
 from lbjax.hpo import space, worker
 from lbjax.hpo import storage as storage_lib
+from lbjax.optim import registry
 
 FLAGS = flags.FLAGS
 
@@ -48,6 +49,16 @@ def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) ->
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def switch_optimizers() -> None:
+  """As `lbjax.main.switch_optimizers`: an optimizer block whose ``name`` is changed on the
+  command line gets that optimizer's defaults, the file's learning rate and the keys set beside
+  the name (`registry.switch_blocks`)."""
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  before = {path: FLAGS[f"config.{path}.name"].default for path in registry.BLOCKS
+            if f"config.{path}.name" in FLAGS}
+  registry.switch_blocks(FLAGS.config, overrides, before)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   command = argv[1:]
@@ -65,6 +76,7 @@ def main(argv):
       raise ConfigError("--config", "a config file with a search_space is required")
     if FLAGS.trials is None:
       raise ConfigError("--trials", "required: the study's total number of trials")
+    switch_optimizers()
     enable_compilation_cache(FLAGS.config, FLAGS.workdir)
     counts = worker.run_worker(FLAGS.config, study_name=FLAGS.study, trials=FLAGS.trials,
                                workdir=FLAGS.workdir, storage=storage)

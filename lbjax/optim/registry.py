@@ -16,10 +16,17 @@ A factory's ``ValueError`` for a bad argument (``checks.InvalidArgument``) becom
 of *every* registered optimizer, so ``--config.optimizer.name=adam --config.optimizer.b1=0.8``
 works on a locked config. A ``None`` value means "the factory's default"; a value set for a key
 the chosen optimizer does not take is an error naming that key.
+
+`switch_block` is what a block (``config.optimizer``, ``config.swap.optimizer``: :data:`BLOCKS`)
+becomes when its ``name`` is changed from the command line (``python -m lbjax.main``,
+``python -m lbjax.hpo``) or by a sweep's dotted ``"optimizer.name"`` override: the new
+optimizer's defaults, the block's learning rate, and only the keys set explicitly beside the name,
+so ``--config.optimizer.name=hybrid`` works on a config whose block was made for SGD, while
+``--config.optimizer.name=hybrid --config.optimizer.momentum=0.5`` is refused, naming the key.
 """
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -108,6 +115,84 @@ def config_block(name: str = "sgd", **values) -> ml_collections.ConfigDict:
   return block
 
 
+# The config blocks that hold an optimizer (dotted paths below the config's root).
+BLOCKS = ("optimizer", "swap.optimizer")
+
+
+def switch_block(block: ml_collections.ConfigDict, name: str, explicit: Mapping[str, Any],
+                 key: str = "config.optimizer") -> ml_collections.ConfigDict:
+  """The block ``block`` becomes when its name is changed to ``name``.
+
+  ``config_block(name, ...)``: every hyperparameter at ``name``'s factory default, except
+
+  * ``learning_rate``: kept from ``block`` (a required key needs a value; another optimizer
+    usually needs another rate, so set it beside the name);
+  * the keys of ``explicit`` (the values set for this block beside the name, e.g. on the same
+    command line; ``name`` itself is ignored), validated against ``name`` as any value is: one
+    that ``name`` does not take is refused (`validate`).
+
+  Args:
+    block: the block as the config file made it (its other values are dropped).
+    name: the new optimizer, a key of :data:`OPTIMIZERS`.
+    explicit: block key -> value set explicitly beside the name.
+    key: the block's dotted name in error messages (``config.swap.optimizer``).
+
+  Raises:
+    ConfigError: ``<key>.name`` for an unknown optimizer, ``<key>.<k>`` for an explicit key no
+      registered optimizer has.
+  """
+  check_choice(f"{key}.name", name, OPTIMIZERS)
+  values = {}
+  if "learning_rate" in hyperparameters(name) and block.get("learning_rate") is not None:
+    values["learning_rate"] = block.learning_rate
+  values.update({k: v for k, v in explicit.items() if k != "name"})
+  try:
+    return config_block(name, **values)
+  except ConfigError as e:
+    raise ConfigError(e.key.replace("config.optimizer", key, 1), e.message) from None
+
+
+def switch_blocks(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                  names_before: Mapping[str, str] | None = None) -> list[str]:
+  """Applies `switch_block` in place to each block of :data:`BLOCKS` whose ``name`` is in
+  ``overrides`` (dotted key -> value, as ml_collections' ``get_override_values`` returns the
+  ``--config.<key>`` flags) with a value other than ``names_before[block]`` (the config file's;
+  None: the names in ``config``, when the overrides are not applied yet).
+
+  A block whose name is overridden with its own name, or replaced whole, or that ``config``
+  lacks, is left as it is.
+
+  Returns:
+    The blocks (dotted paths) that were switched and kept the file's ``learning_rate`` (not set
+    in ``overrides``), for a launcher to mention.
+  """
+  kept_rate = []
+  for path in BLOCKS:
+    name = overrides.get(f"{path}.name")
+    *parents, last = path.split(".")
+    parent = config
+    for part in parents:
+      parent = parent.get(part)
+      if not isinstance(parent, ml_collections.ConfigDict):
+        break
+    if (name is None or path in overrides or not isinstance(parent, ml_collections.ConfigDict)
+        or last not in parent):
+      continue
+    before = parent[last].get("name") if names_before is None else names_before.get(path)
+    if name == before:
+      continue
+    prefix = path + "."
+    explicit = {k[len(prefix):]: v for k, v in overrides.items()
+                if k.startswith(prefix) and "." not in k[len(prefix):]}
+    block = switch_block(parent[last], name, explicit, key=f"config.{path}")
+    if parent.is_locked:
+      block.lock()
+    parent[last] = block
+    if "learning_rate" not in explicit and block.get("learning_rate") is not None:
+      kept_rate.append(path)
+  return kept_rate
+
+
 def set_values(opt_config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The hyperparameters actually set (not None), without ``name``."""
   return {k: v for k, v in opt_config.items() if k != "name" and v is not None}
@@ -128,7 +213,7 @@ def _check_keys(opt_config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"config.optimizer.{key}",
           f"not a hyperparameter of optimizer {opt_config.name!r}; allowed: {', '.join(allowed)} "
-          f"(a value set for another optimizer: start from a config block made for "
+          f"(a value for another optimizer: drop it, or start from a block made for "
           f"{opt_config.name!r}, e.g. --config=configs/quickstart.py:{opt_config.name})")
   lr = opt_config.get("learning_rate")
   if lr is not None and not lr > 0:
