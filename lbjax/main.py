@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from lbjax import runners
 from lbjax.errors import ConfigError
+from lbjax.optim import registry
 
 FLAGS = flags.FLAGS
 
@@ -80,6 +81,26 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[
     sys.exit(f"lbjax: error: {message}")
 
 
+def switch_optimizers(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Rebuilds each optimizer block whose ``name`` was changed on the command line
+  (`registry.switch_blocks`): the new optimizer's defaults, the config file's learning rate (a
+  note on stderr says so unless it was set too) and the keys set for the block on the command line.
+
+  ``--config.<key>`` flags come from ml_collections' record of the overrides it applied (both the
+  ``--config.k=v`` and ``--config.k v`` spellings); the config file's name is the flag's default.
+  """
+  overrides = config_flags.get_override_values(flag_values["config"])
+  before = {path: flag_values[f"config.{path}.name"].default for path in registry.BLOCKS
+            if f"config.{path}.name" in flag_values}
+  for path in registry.switch_blocks(flag_values.config, overrides, before):
+    block = flag_values.config
+    for part in path.split("."):
+      block = block[part]
+    print(f"lbjax: note: --config.{path}.name={block.name} keeps the config file's "
+          f"config.{path}.learning_rate={block.learning_rate:g}; set "
+          f"--config.{path}.learning_rate for {block.name}", file=sys.stderr, flush=True)
+
+
 def main(argv, flag_values: flags.FlagValues = FLAGS):
   fv = flag_values
   if len(argv) > 1:
@@ -94,6 +115,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   try:
     initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
                            auto=fv.distributed)
+    switch_optimizers(fv)
     summary = runners.run(fv.config, fv.workdir)
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
