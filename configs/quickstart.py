@@ -9,8 +9,9 @@ The argument after the colon picks the optimizer, with hyperparameters that trai
 
     python -m lbjax.main --config=configs/quickstart.py:lars --workdir=runs/quickstart_lars
 
-Changing only ``--config.optimizer.name`` keeps the SGD block's values, and a value another
-optimizer does not take (e.g. ``nesterov`` for Adam) is refused, naming the key.
+``--config.optimizer.name=adam`` instead starts Adam from its defaults with this file's learning
+rate (set ``--config.optimizer.learning_rate`` too); a value set beside it that Adam does not take
+(e.g. ``--config.optimizer.nesterov=True``) is refused, naming the key.
 """
 
 from configs import default
