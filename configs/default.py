@@ -43,6 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   # `mask`: kernels (default: biases and BatchNorm get no weight decay / layer-wise rate) | all;
   # `fisher` (kfac): empirical | sampled, read by the statistics capture. The readings the seeds
   # leave open (sgd.lr_in_buffer, nag.damped, ...) are listed in WORKSPACE.md.
+  # `--config.optimizer.name=X` on the command line (as `--config.swap.optimizer.name=X`) makes the
+  # block X's: every hyperparameter at X's default except the learning rate, kept from the file
+  # (another optimizer usually wants another rate: set `--config.optimizer.learning_rate` too;
+  # the launcher prints a note when it is kept), plus the keys set for the block on the same
+  # command line, refused if X does not take them (registry.switch_block). Naming the file's own
+  # optimizer keeps the block.
   c.optimizer = registry.config_block("sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
                                       weight_decay=5e-4)
 
