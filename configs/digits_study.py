@@ -17,10 +17,15 @@ run 20 epochs, so each sees the same number of examples; the large batch is 256 
 
     python -m experiments.digits_study --root=runs/digits_study
 
-runs the six (one process), prints one table and writes ``ROOT/interpolation.png``: the linear
-interpolation between the small- and large-batch SGD solutions (seed 001 Fig. 3), BatchNorm
-recomputed at every α. The measured output and its timing are in
-``experiments/results/digits_study.md``. One run alone::
+runs the six with ``config.seed`` 0, 1 and 2 (``NUM_SEEDS``; the sweep's 18 runs are
+``ROOT/<run>,seed=<k>``, two at a time in two processes), measures each run's Hessian (top
+eigenvalue and trace of the training loss, ``SHARPNESS``) and logs its gradient noise scale
+(``config.log_noise_scale``), prints one table of mean ± std over the seeds, which differences
+exceed the seed-to-seed spread, and writes ``ROOT/interpolation.png``: the linear interpolation
+between the small- and large-batch SGD solutions of seed 0 (seed 001 Fig. 3), BatchNorm
+recomputed at every α. The methods, epochs and sizes are those of the one-seed study before it.
+The measured output and its timing are in ``experiments/results/digits_study.md``. One run
+alone::
 
     python -m lbjax.main --config=configs/digits_study.py:3_lb_lars --workdir=runs/lb_lars
 """
@@ -31,6 +36,15 @@ from lbjax.optim import registry
 
 SMALL_BATCH = 32
 LARGE_BATCH = 256
+NUM_SEEDS = 3  # config.seed = 0, 1, 2 for every run
+REFERENCE = "1_sb_sgd"  # the small-batch reference; large-batch methods are compared with it
+LB_REFERENCE = "2_lb_sgd"  # and with plain large-batch SGD
+# The Hessian of each run's training loss (`lbjax.analysis.sharpness`, BatchNorm in evaluation
+# mode): over the first `batches` training batches of `batch_size` of the run's stream; the top
+# eigenvalue by ARPACK Lanczos to relative accuracy `tol`; the trace by Hutchinson with
+# `trace_samples` Rademacher probes (its standard error is printed). Each measurement is a few
+# seconds on one CPU core.
+SHARPNESS = {"batches": 1, "batch_size": 256, "tol": 1e-3, "trace_samples": 30}
 
 
 def base():
@@ -49,6 +63,8 @@ def base():
   c.log_every_steps = 10
   c.checkpoint_every_steps = 1000
   c.progress_bar = False
+  if "log_noise_scale" in c:  # B_simple (McCandlish et al. 2018) in metrics.jsonl
+    c.log_noise_scale = True
   return c
 
 
@@ -92,4 +108,6 @@ def get_config(arg=None):
 
 
 def sweep():
-  return [{"run_name": name, **overrides} for name, overrides in RUNS.items()]
+  """Every run of ``RUNS`` with ``config.seed`` 0 … NUM_SEEDS − 1 (``ROOT/<run>,seed=<k>``)."""
+  return sweeps.with_seeds([{"run_name": name, **overrides} for name, overrides in RUNS.items()],
+                           NUM_SEEDS)

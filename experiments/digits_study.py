@@ -1,28 +1,44 @@
 r"""The large-batch mini-study on the embedded digits (`configs/digits_study.py`), one command:
 
-    python -m experiments.digits_study --root=runs/digits_study [--out=results.md]
+    python -m experiments.digits_study --root=runs/digits_study [--out=results.md] [--processes=2]
 
-1. runs the six runs of the config's sweep (`experiments.run`: finished runs are skipped, so a
-   rerun only re-prints);
+1. runs the config's sweep — six methods × ``config.seed`` 0, 1, 2, in ``ROOT/<run>,seed=<k>`` —
+   ``--processes`` runs at a time, each in its own process (finished runs are skipped, unfinished
+   ones resumed, so a rerun only re-prints), and after training measures each run's Hessian of the
+   training loss (`lbjax.analysis.sharpness`, BatchNorm in evaluation mode: the top eigenvalue by
+   Lanczos and the trace by Hutchinson over the config's ``SHARPNESS`` batches), written to
+   ``RUN/sharpness.json``;
 2. prints one table — method, batch, optimizer (its learning rate after linear scaling),
-   optimizer steps, test accuracy, test loss, seconds — and writes the learning curves
+   optimizer steps, and mean ± sample std over the seeds of test accuracy, test loss, λ_max,
+   tr H and the final gradient noise scale B_simple (`experiments.report.measurements`; "—" when
+   the runs did not log ``train_noise_scale``), seconds per run — and writes the learning curves
    (`experiments.report`);
-3. writes ``ROOT/interpolation.png``: θ(α) = (1−α)θ_SB + αθ_LB between the small- and large-batch
-   SGD solutions, α from −1 to 2, BatchNorm recomputed at every α (seed 001 Fig. 3,
-   `lbjax.analysis.interpolation`), and prints the curve.
+3. says which differences exceed the seed-to-seed spread: each large-batch method against the
+   small-batch reference and against large-batch SGD, :math:`|\Delta\bar x| > 2\sqrt{s_1^2/n_1
+   + s_2^2/n_2}` (`compare`);
+4. writes ``ROOT/interpolation.png``: θ(α) = (1−α)θ_SB + αθ_LB between the small- and large-batch
+   SGD solutions of seed 0, α from −1 to 2, BatchNorm recomputed at every α (seed 001 Fig. 3,
+   `lbjax.analysis.interpolation`), and prints the curve;
+5. prints the total wall time.
 
-``--out`` also writes the table, the curve and the command to a markdown file.
+``--out`` also writes the output to a markdown file.
 """
 
+from collections.abc import Sequence
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
 import os
 import sys
 import time
+from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
-from configs import digits_study
 from experiments import report as report_lib
 from experiments import run as run_lib
 from lbjax import schedules
@@ -31,7 +47,10 @@ from lbjax.errors import ConfigError
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = os.path.join(ROOT_DIR, "configs", "digits_study.py")
-SB, LB = "1_sb_sgd", "2_lb_sgd"  # the interpolation's two ends
+INTERPOLATION = "interpolation.png"
+# Measured seconds of each run (2026-11-23, idle 2-core machine): only to start the longest first.
+_SECONDS_HINT = {"4_lb_lars_swap": 34, "1_sb_sgd": 33, "5_lb_sgd_smoothout": 25,
+                 "6_lb_hybrid": 16, "3_lb_lars": 14, "2_lb_sgd": 13}
 
 
 def _optimizer(config: dict) -> str:
@@ -46,26 +65,209 @@ def _optimizer(config: dict) -> str:
   return f"{name} lr={lr:g}" + (f" + {', '.join(extra)}" if extra else "")
 
 
-def table(root: str, seconds: dict[str, float]) -> str:
-  """The study's table from the runs' config.json and status.json."""
-  runs = {os.path.basename(r.name): r for r in report_lib.collect(root)}
-  lines = ["| run | method | batch | optimizer | steps | test accuracy | test loss | seconds |",
-           "|---|---|---|---|---|---|---|---|"]
-  for name, label in digits_study.LABELS.items():
-    run = runs.get(name)
-    if run is None:
-      lines.append(f"| {name} | {label} | | | | {report_lib.MISSING} | | |")
+# Measuring -----------------------------------------------------------------------------------------
+
+
+def measure_sharpness(workdir: str, batches: int, batch_size: int, tol: float,
+                      trace_samples: int, seed: int = 0) -> dict[str, Any]:
+  """λ_max and Hutchinson tr H of ``workdir``'s training loss; writes ``sharpness.json``.
+
+  The loss is `lbjax.analysis.sharpness.train_loss` (BatchNorm in evaluation mode, evaluation
+  preprocessing) over the first ``batches`` batches of ``batch_size`` of the run's training
+  stream, data-parallel over the local devices (`sharpness.data_parallel_objective`). λ_max:
+  ARPACK Lanczos (`sharpness.eigenvalues_of`) to relative accuracy ``tol``; tr H: the mean of
+  ``trace_samples`` Rademacher probes with its standard error. The file has the keys
+  `lbjax.analysis.sharpness.measure` writes for these two (no ε-sharpness).
+  """
+  from lbjax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from lbjax.analysis import sharpness  # pylint: disable=g-import-not-at-top
+  solution = runs.restore(workdir)
+  data = sharpness.train_batches(solution, batches, batch_size)
+  obj = sharpness.data_parallel_objective(sharpness.train_loss(solution), solution.params, data)
+  seconds = {}
+  t = time.perf_counter()
+  eigenvalues = sharpness.eigenvalues_of(obj, 1, seed, tol=tol)
+  seconds["top_eigenvalues"] = time.perf_counter() - t
+  t = time.perf_counter()
+  samples = sharpness.trace_samples_of(obj, trace_samples, seed, probes_per_call=1)
+  seconds["hessian_trace"] = time.perf_counter() - t
+  loss, _ = obj.value_and_grad(obj.x0)
+  result = {
+      "workdir": os.path.abspath(workdir), "step": solution.step, "batches": batches,
+      "batch_size": int(data[0]["label"].size), "devices": int(data[0]["label"].shape[0]),
+      "train_loss": loss, "top_eigenvalues": eigenvalues.tolist(), "lanczos_tol": tol,
+      "hessian_trace": float(np.mean(samples)),
+      "hessian_trace_stderr": float(np.std(samples, ddof=1) / np.sqrt(len(samples))),
+      "trace_samples": trace_samples, "seed": seed,
+      "batchnorm": "evaluation mode (running statistics of the checkpoint)", "seconds": seconds}
+  path = os.path.join(workdir, sharpness.SHARPNESS_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return result
+
+
+def _task(config_json: str | None, workdir: str, sharp: dict | None) -> dict[str, Any]:
+  """Trains the run (if ``config_json``), then measures its Hessian (if ``sharp``)."""
+  out: dict[str, Any] = {}
+  if config_json is not None:
+    t = time.time()
+    out["train"] = run_lib._run_in_child(config_json, workdir)  # pylint: disable=protected-access
+    out["train_seconds"] = time.time() - t
+    if out["train"]["status"] not in ("completed", "stopped"):
+      return out
+  if sharp is not None:
+    t = time.time()
+    out["sharpness"] = measure_sharpness(workdir, **sharp)
+    out["sharpness_seconds"] = time.time() - t
+  return out
+
+
+def _interpolate(a: str, b: str, png: str, num_points: int) -> dict[str, Any]:
+  from lbjax.analysis import interpolate  # pylint: disable=g-import-not-at-top
+  t = time.time()
+  curve = interpolate.run(a, b, png, num_points=num_points)["curves"][0]
+  return {"curve": curve, "seconds": time.time() - t}
+
+
+class _InProcess:
+  """``concurrent.futures`` executor stand-in that runs each call at submission (one process)."""
+
+  def submit(self, fn, *args):
+    future = concurrent.futures.Future()
+    try:
+      future.set_result(fn(*args))
+    except Exception as e:  # noqa: BLE001  (delivered through the future, as a pool does)
+      future.set_exception(e)
+    return future
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+# Statistics ----------------------------------------------------------------------------------------
+
+
+def compare(a: Sequence[float], b: Sequence[float], factor: float = 2.0
+            ) -> tuple[float, float, bool] | None:
+  r"""``(Δ, threshold, exceeds)``: Δ = mean(a) − mean(b), threshold = ``factor`` ·
+  :math:`\sqrt{s_a^2/n_a + s_b^2/n_b}` (sample variances: the standard error of Δ as in Welch's
+  t-test), exceeds = |Δ| > threshold; None with fewer than 2 values on a side.
+
+  With 3 seeds a side Welch's t has 2 to 4 degrees of freedom, so |t| > 2 is a two-sided p of
+  about 0.12 (equal variances) to 0.18: a screen for differences larger than the seed noise, not
+  a significance test at 5%.
+  """
+  if len(a) < 2 or len(b) < 2:
+    return None
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  delta = float(a.mean() - b.mean())
+  threshold = factor * float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+  return delta, threshold, abs(delta) > threshold
+
+
+def _p_note(n: int) -> str:
+  """The two-sided p-value of |t| = 2 for Welch's t with n values a side (df n−1 … 2n−2)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  if n < 2:
+    return "one seed: no spread"
+  low, high = (2 * scipy.stats.t.sf(2.0, df) for df in (2 * n - 2, n - 1))
+  return (f"|Δ| = 2σ is a two-sided p of {low:.2f} (equal variances, {2 * n - 2} degrees of "
+          f"freedom) to {high:.2f} ({n - 1})")
+
+
+# Output --------------------------------------------------------------------------------------------
+
+# (key, header): test accuracy (%), test loss, then `experiments.report.MEASUREMENTS` keys.
+COLUMNS = (("test_accuracy", "test accuracy (%)"), ("test_loss", "test loss"),
+           ("lambda_max", "λ_max"), ("hessian_trace", "tr H"), ("noise_scale", "B_simple (final)"))
+
+
+def values_by_run(root: str, labels: Sequence[str]) -> tuple[dict, dict]:
+  """``({label: [RunResult]}, {label: {key: [values over finished seeds]}})`` for `COLUMNS`."""
+  runs = report_lib.collect(root)
+  table = report_lib.runs_table(runs, "digits_study")
+  placed, _ = report_lib.place(dataclasses.replace(table, rows=tuple(
+      (label, {"run": label}) for label in labels)), runs)
+  grouped = {label: placed[(label, "test accuracy")] for label in labels}
+  values = {}
+  for label, rs in grouped.items():
+    measured = [report_lib.measurements(r.workdir) for r in rs]
+    values[label] = {
+        "test_accuracy": [v for v in (report_lib.value_of(r, table) for r in rs) if v is not None],
+        "test_loss": [v for v in (report_lib.value_of(r, dataclasses.replace(
+            table, metrics=("test_loss",), percent=False)) for r in rs) if v is not None],
+        **{k: [m[k] for m in measured if k in m] for k in ("lambda_max", "hessian_trace",
+                                                          "noise_scale")}}
+  return grouped, values
+
+
+def _cell(values: Sequence[float], key: str) -> str:
+  if key == "test_accuracy":
+    if not values:
+      return report_lib.MISSING
+    std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.2f}{std}"
+  if key == "test_loss":
+    if not values:
+      return report_lib.MISSING
+    std = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.3f}{std}"
+  return report_lib._mean_std(values).replace(f" (n={len(values)})", "")  # pylint: disable=protected-access
+
+
+def table(root: str, labels: dict[str, str], seconds: dict[str, list[float]]) -> str:
+  """The study's table: per method, mean ± sample std over its seeds."""
+  grouped, values = values_by_run(root, list(labels))
+  header = (["run", "method", "batch", "optimizer", "steps", "seeds"] + [h for _, h in COLUMNS]
+            + ["seconds/run"])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for name, label in labels.items():
+    rs = grouped[name]
+    if not rs:
+      lines.append(f"| {name} | {label} |" + f" {report_lib.MISSING} |" * (len(header) - 2))
       continue
-    status = run.status or {}
-    acc, loss = status.get("test_accuracy"), status.get("test_loss")
+    first = rs[0]
+    status = first.status or {}
     steps = status.get("step", "")
-    if run.config.get("swap.enabled"):  # phase-1 steps + phase-2 steps (of every replica)
+    if first.config.get("swap.enabled"):  # phase-1 steps + phase-2 steps (of every replica)
       steps = f"{status.get('phase1_step', '?')} + {steps}"
-    acc = f"{100 * acc:.2f}" if isinstance(acc, (int, float)) else status.get("status", "")
-    loss = f"{loss:.4f}" if isinstance(loss, (int, float)) else ""
-    secs = f"{seconds[name]:.0f}" if name in seconds else "(earlier)"
-    lines.append(f"| {name} | {label} | {run.config['batch_size']} | {_optimizer(run.config)} "
-                 f"| {steps} | {acc} | {loss} | {secs} |")
+    done = [r for r in rs if (r.status or {}).get("status") in ("completed", "stopped")]
+    seeds = ",".join(str(r.config.get("seed")) for r in done)
+    others = [f"{r.name}: {(r.status or {}).get('status', 'no status')}" for r in rs
+              if r not in done]
+    seeds += f" ({'; '.join(others)})" if others else ""
+    secs = (f"{np.mean(seconds[name]):.0f}" if seconds.get(name) else "(earlier)")
+    lines.append("| " + " | ".join(
+        [name, label, str(first.config["batch_size"]), _optimizer(first.config), str(steps),
+         seeds] + [_cell(values[name][k], k) for k, _ in COLUMNS] + [secs]) + " |")
+  return "\n".join(lines)
+
+
+def comparisons(root: str, labels: dict[str, str], reference: str, lb_reference: str) -> str:
+  """Which differences of means exceed twice their standard error (`compare`)."""
+  _, values = values_by_run(root, list(labels))
+  pairs = [(m, reference) for m in labels if m != reference]
+  pairs += [(m, lb_reference) for m in labels if m not in (reference, lb_reference)]
+  header = ["method − reference"] + [h for _, h in COLUMNS]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  exceeding = []
+  for method, ref in pairs:
+    cells = []
+    for key, head in COLUMNS:
+      result = compare(values[method][key], values[ref][key])
+      if result is None:
+        cells.append(report_lib.MISSING)
+        continue
+      delta, threshold, exceeds = result
+      cells.append(f"{delta:+.3g} (2σ {threshold:.2g})" + (" **exceeds**" if exceeds else ""))
+      if exceeds:
+        exceeding.append(f"{method} vs {ref}: {head} {delta:+.3g}")
+    lines.append("| " + " | ".join([f"{method} − {ref}"] + cells) + " |")
+  lines += ["", "Exceeding the seed-to-seed spread: " + ("; ".join(exceeding) or "none") + "."]
   return "\n".join(lines)
 
 
@@ -78,31 +280,147 @@ def interpolation_table(curve) -> str:
   return "\n".join(lines)
 
 
-def run(root: str, out: str | None = None, num_points: int = 13) -> str:
-  """Runs the study under ``root``; returns (and optionally writes) the markdown."""
-  from lbjax.analysis import interpolate  # pylint: disable=g-import-not-at-top
+def _trace_stderr_note(root: str) -> str:
+  rel, settings = [], None
+  for run in report_lib.collect(root):
+    path = os.path.join(run.workdir, "sharpness.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        s = json.load(f)
+      settings = s
+      if s.get("hessian_trace"):
+        rel.append(s["hessian_trace_stderr"] / abs(s["hessian_trace"]))
+  if settings is None:
+    return ""
+  return (f"λ_max and tr H: Hessian of the training loss over {settings['batches']} training "
+          f"batch(es) of {settings['batch_size']} (the first of each run's stream), BatchNorm in "
+          f"evaluation mode; λ_max by Lanczos to relative accuracy "
+          f"{settings.get('lanczos_tol', 1e-6):g}, tr H by Hutchinson with "
+          f"{settings['trace_samples']} Rademacher probes (standard error "
+          f"{100 * np.median(rel):.0f}% of the value, median over the runs; "
+          f"{100 * np.min(rel):.0f}–{100 * np.max(rel):.0f}%). B_simple = tr(Σ)/|G|² "
+          f"(McCandlish et al. 2018), the last `train_noise_scale` of `metrics.jsonl` "
+          f"({report_lib.MISSING}: not logged).")
+
+
+# The study -----------------------------------------------------------------------------------------
+
+
+def run(root: str, out: str | None = None, num_points: int = 13, processes: int = 2,
+        config: str = CONFIG) -> str:
+  """Runs the study of ``config`` under ``root``; returns (and optionally writes) the markdown.
+
+  ``config`` is a config file like ``configs/digits_study.py`` (``RUNS``, ``LABELS``,
+  ``REFERENCE``, ``LB_REFERENCE``, ``SHARPNESS`` and a seeded ``sweep()``); ``processes`` ≤ 1
+  runs everything in this process.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from lbjax import config_lib  # pylint: disable=g-import-not-at-top
+  from lbjax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   start = time.time()
-  seconds: dict[str, float] = {}
-  for planned in run_lib.plan(CONFIG, root):  # one at a time, to time each run
-    t0 = time.time()
-    result = run_lib.run_sweep(CONFIG, root, only=planned.name)[planned.name]
-    if not result.get("skipped"):
-      seconds[planned.name] = time.time() - t0
-    if result["status"] == "preempted":
-      raise SystemExit("lbjax: preempted; rerun the same command to continue")
+  module = run_lib.load_module(config)
+  labels, ref, lb_ref = module.LABELS, module.REFERENCE, module.LB_REFERENCE
+  planned = run_lib.plan(config, root)
+  run_lib.validate(planned, jax.device_count())
+  sharp = dict(module.SHARPNESS)
+  tasks, errors = [], {}
+  for r in planned:
+    status = metrics_lib.read_status(r.workdir)
+    try:
+      config_lib.check_workdir(r.config, r.workdir)
+    except ConfigError as e:
+      errors[r.name] = str(e)
+      continue
+    finished = status is not None and status["status"] in run_lib.FINISHED
+    measured = os.path.exists(os.path.join(r.workdir, "sharpness.json"))
+    if not finished or (status["status"] in ("completed", "stopped") and not measured):
+      tasks.append((None if finished else r.config.to_json(), r))
+  for name, error in errors.items():
+    print(f"{name}: error: {error}", flush=True)
+  print(f"{config}: {len(planned)} runs, {sum(t[0] is not None for t in tasks)} to train, "
+        f"{len(tasks)} to measure; {max(processes, 1)} process(es)", flush=True)
+  if any(t[0] is not None for t in tasks):
+    run_lib.record_sweep(root, config, planned)
+  label_of = report_lib._run_label  # pylint: disable=protected-access
+  tasks.sort(key=lambda t: (t[0] is None, -_SECONDS_HINT.get(label_of(
+      report_lib.RunResult(t[1].name, "", {}, None)), 0)))
+  seed0 = {label: next((r for r in planned if label_of(report_lib.RunResult(r.name, "", {}, None))
+                        == label and r.config.seed == min(p.config.seed for p in planned)), None)
+           for label in (ref, lb_ref)}
+  png = os.path.join(root, INTERPOLATION)
+  curve_json = os.path.splitext(png)[0] + ".json"
+  pending_ends = {seed0[ref].name, seed0[lb_ref].name} & {r.name for _, r in tasks}
+  seconds: dict[str, list[float]] = {}
+  interpolation = None
+  ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+  executor = (concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx)
+              if processes > 1 else _InProcess())
+  with executor as pool:
+    futures = {pool.submit(_task, cfg, r.workdir, sharp): r for cfg, r in tasks}
+
+    def submit_interpolation():
+      if os.path.exists(curve_json) and not {seed0[ref].name, seed0[lb_ref].name} & {
+          r.name for _, r in tasks}:
+        return None  # both ends unchanged since the curve was written
+      return pool.submit(_interpolate, seed0[ref].workdir, seed0[lb_ref].workdir, png,
+                         num_points)
+
+    interp_future = None if pending_ends else submit_interpolation()
+    waiting = set(futures)
+    while waiting:
+      done, waiting = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+      for future in done:
+        r = futures[future]
+        try:
+          result = future.result()
+        except Exception as e:  # noqa: BLE001  (a crashed worker)
+          result = {"train": {"status": "error", "error": f"{type(e).__name__}: {e}"}}
+        train = result.get("train", {})
+        if "train_seconds" in result:
+          seconds.setdefault(label_of(report_lib.RunResult(r.name, "", {}, None)), []).append(
+              result["train_seconds"])
+        line = f"{r.name}: {train.get('status', 'trained earlier')}"
+        if train.get("status") == "error":
+          line += f" ({train.get('error')})"
+        if "sharpness" in result:
+          s = result["sharpness"]
+          line += (f"; λ_max {s['top_eigenvalues'][0]:.4g}, tr H {s['hessian_trace']:.4g} ± "
+                   f"{s['hessian_trace_stderr']:.2g} ({result['sharpness_seconds']:.0f} s)")
+        print(line, flush=True)
+        if train.get("status") == "preempted":
+          raise SystemExit("lbjax: preempted; rerun the same command to continue")
+        pending_ends.discard(r.name)
+        if not pending_ends and interp_future is None and r.name in (seed0[ref].name,
+                                                                      seed0[lb_ref].name):
+          interp_future = submit_interpolation()
+    if interp_future is not None:
+      interpolation = interp_future.result()
+  if interpolation is None and os.path.exists(curve_json):
+    with open(curve_json) as f:
+      interpolation = {"curve": json.load(f)["curves"][0], "seconds": None}
   report_lib.report(root, report_lib.runs_table(report_lib.collect(root), "digits_study"))
-  png = os.path.join(root, "interpolation.png")
-  t0 = time.time()
-  curve = interpolate.run(os.path.join(root, SB), os.path.join(root, LB), png,
-                          num_points=num_points)["curves"][0]
-  seconds["interpolation"] = time.time() - t0
   total = time.time() - start
+  seeds = sorted({r.config.seed for r in planned})
+  interp = []
+  if interpolation is not None:
+    took = (f"{interpolation['seconds']:.0f} s" if interpolation["seconds"] is not None
+            else "computed earlier")
+    interp = [(f"Interpolation θ(α) = (1−α)θ_SB + αθ_LB between `{seed0[ref].name}` (α = 0) and "
+              f"`{seed0[lb_ref].name}` (α = 1), BatchNorm recomputed at each α ({took}; "
+              f"`{png}`):"), "", interpolation_table(interpolation["curve"]), ""]
   text = "\n".join([
-      "## Large batch on the digits (`configs/digits_study.py`)", "",
-      table(root, seconds), "",
-      f"Interpolation θ(α) = (1−α)θ_SB + αθ_LB between `{SB}` (α = 0) and `{LB}` (α = 1), "
-      f"BatchNorm recomputed at each α ({seconds['interpolation']:.0f} s; `{png}`):", "",
-      interpolation_table(curve), "",
+      f"## Large batch on the digits (`{os.path.relpath(config, ROOT_DIR)}`)", "",
+      (f"Every method with config.seed {', '.join(map(str, seeds))}: mean ± sample std over the "
+      f"seeds (n = {len(seeds)} unless the seeds column says otherwise). seconds/run: mean "
+      f"training wall time of the runs trained by this invocation, {max(processes, 1)} at a "
+      "time."), "",
+      table(root, labels, seconds), "", _trace_stderr_note(root), "",
+      "### Differences against the seed-to-seed spread", "",
+      (f"Δ = difference of the means; 2σ = 2·sqrt(s₁²/n₁ + s₂²/n₂) (sample variances over the "
+      f"seeds, the standard error of Δ as in Welch's t-test); **exceeds** when |Δ| > 2σ. With "
+      f"{len(seeds)} seeds a side this is a screen, not a 5% test: {_p_note(len(seeds))}."), "",
+      comparisons(root, labels, ref, lb_ref), "", *interp,
       f"Total wall time {total:.0f} s.", ""])
   print(text, flush=True)
   if out:
@@ -116,9 +434,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("root", "runs/digits_study", "Directory of the six runs.")
+  flags.DEFINE_string("root", "runs/digits_study", "Directory of the study's runs.")
   flags.DEFINE_string("out", None, "Also write the markdown here.")
   flags.DEFINE_integer("num_points", 13, "Points of the interpolation (α from −1 to 2).")
+  flags.DEFINE_integer("processes", 2, "Runs at a time, each in its own process (1: in this "
+                       "process).")
 
 
 def main(argv):
@@ -126,7 +446,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
-    run(FLAGS.root, FLAGS.out, FLAGS.num_points)
+    run(FLAGS.root, FLAGS.out, FLAGS.num_points, FLAGS.processes)
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
 

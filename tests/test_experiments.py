@@ -273,3 +273,59 @@ def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
   assert "Sharpness" not in plain["markdown"] and "noise_scale" not in plain["paths"]
   with open(plain["paths"]["runs_csv"]) as f:
     assert next(csv.reader(f)) == ["row", "column", "run", "status", "step", "seed", "value"]
+
+
+def test_digits_study_compare_is_difference_of_means_against_twice_its_standard_error():
+  from experiments import digits_study  # pylint: disable=g-import-not-at-top
+  delta, threshold, exceeds = digits_study.compare([1.0, 2.0, 3.0], [5.0, 6.0, 7.0])
+  assert delta == -4.0 and exceeds
+  assert threshold == pytest.approx(2 * np.sqrt(1.0 / 3 + 1.0 / 3))  # s² = 1 on both sides
+  assert digits_study.compare([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])[2] is False  # |−1| < 1.63
+  assert digits_study.compare([1.0], [2.0, 3.0]) is None
+
+
+def test_digits_study_reports_seeds_sharpness_noise_scale_spread_and_skips_on_rerun(tmp_path):
+  from experiments import digits_study  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "study")
+  config = os.path.join(ROOT, "tests", "tiny_digits_study_config.py")
+  text = digits_study.run(root, num_points=3, processes=1, config=config)
+  lines = text.splitlines()
+  assert "config.seed 0, 1" in text and "Total wall time" in lines[-1]
+  per_run = {}
+  for run in ("1_sb_sgd", "2_lb_sgd"):
+    acc, lam, trace, noise = [], [], [], []
+    for seed in (0, 1):
+      workdir = os.path.join(root, f"{run},seed={seed}")
+      acc.append(100 * metrics_lib.read_status(workdir)["test_accuracy"])
+      with open(os.path.join(workdir, "sharpness.json")) as f:
+        sharp = json.load(f)
+      assert (sharp["batches"], sharp["batch_size"], sharp["trace_samples"]) == (1, 64, 4)
+      assert sharp["batchnorm"].startswith("evaluation mode")
+      lam.append(sharp["top_eigenvalues"][0])
+      trace.append(sharp["hessian_trace"])
+      logged = [r["train_noise_scale"] for r in metrics_lib.read_metrics(workdir)
+                if isinstance(r.get("train_noise_scale"), (int, float))]
+      noise += logged[-1:]
+    per_run[run] = acc
+    row = next(line for line in lines if line.startswith(f"| {run} |")).split(" | ")
+    assert row[5] == "0,1"
+    assert row[6] == f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}"
+    assert row[8] == f"{np.mean(lam):.4g} ± {np.std(lam, ddof=1):.2g}"
+    assert row[9] == f"{np.mean(trace):.4g} ± {np.std(trace, ddof=1):.2g}"
+    assert row[10] == (f"{np.mean(noise):.4g} ± {np.std(noise, ddof=1):.2g}" if noise else "—")
+  a, b = per_run["2_lb_sgd"], per_run["1_sb_sgd"]
+  delta = np.mean(a) - np.mean(b)
+  bound = 2 * np.sqrt(np.var(a, ddof=1) / 2 + np.var(b, ddof=1) / 2)
+  row = next(line for line in lines if line.startswith("| 2_lb_sgd − 1_sb_sgd |")).split(" | ")
+  assert row[1] == f"{delta:+.3g} (2σ {bound:.2g})" + (" **exceeds**" if abs(delta) > bound
+                                                       else "")
+  assert os.path.exists(os.path.join(root, "interpolation.png"))
+  assert "`1_sb_sgd,seed=0` (α = 0) and `2_lb_sgd,seed=0` (α = 1)" in text
+
+  files = [os.path.join(root, f"{r},seed={s}", n) for r in ("1_sb_sgd", "2_lb_sgd")
+           for s in (0, 1) for n in ("metrics.jsonl", "sharpness.json")]
+  mtimes = [os.path.getmtime(f) for f in files]
+  again = digits_study.run(root, num_points=3, processes=1, config=config)
+  assert mtimes == [os.path.getmtime(f) for f in files]  # nothing retrained or re-measured
+  row = next(line for line in again.splitlines() if line.startswith("| 1_sb_sgd |"))
+  assert row.endswith("| (earlier) |") and f"{np.mean(per_run['1_sb_sgd']):.2f} ± " in row
