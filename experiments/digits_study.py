@@ -186,9 +186,11 @@ COLUMNS = (("test_accuracy", "test accuracy (%)"), ("test_loss", "test loss"),
            ("lambda_max", "λ_max"), ("hessian_trace", "tr H"), ("noise_scale", "B_simple (final)"))
 
 
-def values_by_run(root: str, labels: Sequence[str]) -> tuple[dict, dict]:
-  """``({label: [RunResult]}, {label: {key: [values over finished seeds]}})`` for `COLUMNS`."""
-  runs = report_lib.collect(root)
+def values_by_run(root: str, labels: Sequence[str], names: set[str] | None = None
+                  ) -> tuple[dict, dict]:
+  """``({label: [RunResult]}, {label: {key: [values over finished seeds]}})`` for `COLUMNS`, of
+  the runs under ``root`` (only those named in ``names`` if given)."""
+  runs = [r for r in report_lib.collect(root) if names is None or r.name in names]
   table = report_lib.runs_table(runs, "digits_study")
   placed, _ = report_lib.place(dataclasses.replace(table, rows=tuple(
       (label, {"run": label}) for label in labels)), runs)
@@ -219,9 +221,10 @@ def _cell(values: Sequence[float], key: str) -> str:
   return report_lib._mean_std(values).replace(f" (n={len(values)})", "")  # pylint: disable=protected-access
 
 
-def table(root: str, labels: dict[str, str], seconds: dict[str, list[float]]) -> str:
+def table(root: str, labels: dict[str, str], seconds: dict[str, list[float]],
+          names: set[str] | None = None) -> str:
   """The study's table: per method, mean ± sample std over its seeds."""
-  grouped, values = values_by_run(root, list(labels))
+  grouped, values = values_by_run(root, list(labels), names)
   header = (["run", "method", "batch", "optimizer", "steps", "seeds"] + [h for _, h in COLUMNS]
             + ["seconds/run"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -247,9 +250,10 @@ def table(root: str, labels: dict[str, str], seconds: dict[str, list[float]]) ->
   return "\n".join(lines)
 
 
-def comparisons(root: str, labels: dict[str, str], reference: str, lb_reference: str) -> str:
+def comparisons(root: str, labels: dict[str, str], reference: str, lb_reference: str,
+                names: set[str] | None = None) -> str:
   """Which differences of means exceed twice their standard error (`compare`)."""
-  _, values = values_by_run(root, list(labels))
+  _, values = values_by_run(root, list(labels), names)
   pairs = [(m, reference) for m in labels if m != reference]
   pairs += [(m, lb_reference) for m in labels if m not in (reference, lb_reference)]
   header = ["method − reference"] + [h for _, h in COLUMNS]
@@ -402,6 +406,7 @@ def run(root: str, out: str | None = None, num_points: int = 13, processes: int 
   report_lib.report(root, report_lib.runs_table(report_lib.collect(root), "digits_study"))
   total = time.time() - start
   seeds = sorted({r.config.seed for r in planned})
+  names = {r.name for r in planned}  # other directories under ROOT are not the study's
   interp = []
   if interpolation is not None:
     took = (f"{interpolation['seconds']:.0f} s" if interpolation["seconds"] is not None
@@ -415,12 +420,12 @@ def run(root: str, out: str | None = None, num_points: int = 13, processes: int 
       f"seeds (n = {len(seeds)} unless the seeds column says otherwise). seconds/run: mean "
       f"training wall time of the runs trained by this invocation, {max(processes, 1)} at a "
       "time."), "",
-      table(root, labels, seconds), "", _trace_stderr_note(root), "",
+      table(root, labels, seconds, names), "", _trace_stderr_note(root), "",
       "### Differences against the seed-to-seed spread", "",
       (f"Δ = difference of the means; 2σ = 2·sqrt(s₁²/n₁ + s₂²/n₂) (sample variances over the "
       f"seeds, the standard error of Δ as in Welch's t-test); **exceeds** when |Δ| > 2σ. With "
       f"{len(seeds)} seeds a side this is a screen, not a 5% test: {_p_note(len(seeds))}."), "",
-      comparisons(root, labels, ref, lb_ref), "", *interp,
+      comparisons(root, labels, ref, lb_ref, names), "", *interp,
       f"Total wall time {total:.0f} s.", ""])
   print(text, flush=True)
   if out:
