@@ -16,6 +16,8 @@ from its overrides (``batch_size=8192,noise.scale=0.001,seed=1``), or its ``run_
 ``,seed=N`` when it sets the seed; a config without a sweep uses its file name and argument.
 Every planned config is validated before anything runs.
 
+A run whose workdir another live process holds (`lbjax.workdir.in_use`: the same sweep started
+twice) is skipped with a line and status ``in use``; it is not an error of the sweep.
 A run whose ``status.json`` says completed, diverged or stopped is skipped; any other (absent,
 running after a kill, preempted) is started, and `lbjax.train.train_and_evaluate` resumes it from
 its latest checkpoint. A workdir that holds a different config (the file was edited) is an error
@@ -47,6 +49,7 @@ import ml_collections
 
 from configs.sweeps import apply_overrides
 from lbjax.errors import ConfigError
+from lbjax.workdir import WorkdirInUse, in_use
 
 FINISHED = ("completed", "diverged", "stopped")
 RUN_NAME = "run_name"  # reserved override key (configs/sweeps.py)
@@ -211,6 +214,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: Optional[
       stack.enter_context(contextlib.redirect_stderr(out))
     try:
       return runners.run(config, workdir)
+    except WorkdirInUse as e:  # another process runs it (a sweep started twice): skip it
+      print(f"{workdir}: skipped, {e.message}", flush=True)
+      return {"status": "in use", "error": e.message, "skipped": True}
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
       return {"status": "error", "error": f"{type(e).__name__}: {e}"}
@@ -238,6 +244,13 @@ def run_sweep(spec: str, root: str, *, processes: int = 1, only: Optional[str] =
   results: dict[str, dict[str, Any]] = {}
   todo = []
   for run in runs:
+    owner = in_use(run.workdir)
+    if owner is not None:  # another process runs it now (a sweep started twice): skip it
+      message = (f"in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} since "
+                 f"{owner.get('since', '?')}")
+      print(f"{run.name}: skipped, {message}", flush=True)
+      results[run.name] = {"status": "in use", "error": message, "skipped": True}
+      continue
     status = metrics.read_status(run.workdir)
     try:
       config_lib.check_workdir(run.config, run.workdir)

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state under ``workdir/checkpoints``.
 
 Orbax writes each step atomically (a temporary directory renamed on completion), so a killed job
-never leaves a half-written step that looks complete. If the newest step still cannot be read
+never leaves a half-written step that looks complete; the temporary directory of a save cut
+short (a kill, a full disk) is deleted when the next run opens the directory. If the newest step still cannot be read
 (truncated files, a disk error), `Checkpointer.restore_latest` reports it and falls back to the
 next older step, so at most the work since that one is lost.
 """
@@ -23,10 +24,20 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def complete_steps(self) -> list[int]:
+    """The steps on disk whose save finished (orbax renames a step's temporary directory to
+    ``<step>`` only once all of it is written), read from the directory, not orbax's memory."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(name) for name in names if name.isdigit())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -17,6 +17,7 @@ same way for every runner:
   threshold). ``step_offset`` keeps the reported steps increasing across SWAP's phases.
 """
 
+import contextlib
 import os
 import signal
 import time
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
+from lbjax import workdir as workdir_lib
 
 Callback = Callable[[int, dict], bool]
 
@@ -66,6 +68,15 @@ class Recorder:
 
   Only the primary process writes metrics and status; every process takes part in checkpoints
   (orbax coordinates them). ``status_fields`` are added to every status (SWAP's ``phase``).
+
+  Every status carries ``checkpoint_step``, the newest checkpoint known complete: once a
+  ``running`` status has been written, each `save` rewrites it with the step reached and the
+  checkpoint before (a save is asynchronous; it is known complete when the next one starts).
+
+  A storage error of any of these writes (full disk, quota, permissions, read-only, I/O) ends
+  here: the checkpointer is shut down without touching the complete checkpoints, ``status.json``
+  becomes ``failed`` with the ``error`` and ``checkpoint_step``, and a
+  `lbjax.workdir.WriteFailure` carrying them is raised for the launcher's one line.
   """
 
   def __init__(self, workdir: str, *, keep: int, checkpoint_dir: str | None = None,
@@ -73,36 +84,110 @@ class Recorder:
     self.workdir = workdir
     self.primary = jax.process_index() == 0 if primary is None else primary
     self.status_fields = status_fields
-    os.makedirs(workdir, exist_ok=True)
-    self.checkpointer = checkpoint_lib.Checkpointer(
-        checkpoint_dir or os.path.join(workdir, "checkpoints"), keep=keep, async_save=async_save)
-    self.writer = metrics_lib.MetricWriter(workdir, enabled=self.primary)
+    self.checkpoint_step: int | None = None  # newest checkpoint known complete
+    self._pending: int | None = None  # a save that may still be writing
+    self._step = 0  # the step the run has reached
+    self._running: dict | None = None  # the fields of the last ``running`` status
+    self.checkpointer = None
+    self.writer = None
+    ckpt_dir = checkpoint_dir or os.path.join(workdir, "checkpoints")
+    with self._writing(f"checkpoints in {ckpt_dir}"):
+      os.makedirs(workdir, exist_ok=True)
+      self.checkpointer = checkpoint_lib.Checkpointer(ckpt_dir, keep=keep, async_save=async_save)
+    with self._writing(f"TensorBoard events in {workdir}"):
+      self.writer = metrics_lib.MetricWriter(workdir, enabled=self.primary)
+
+  @contextlib.contextmanager
+  def _writing(self, what: str):
+    """`lbjax.workdir.writing`, then `fail` on a storage error."""
+    try:
+      with workdir_lib.writing(what):
+        yield
+    except workdir_lib.WriteFailure as e:
+      self.fail(e)
+      raise
+
+  def fail(self, error: workdir_lib.WriteFailure) -> None:
+    """Ends the run on a storage error: waits out (or drops) a save still writing, then writes
+    ``status.json`` = ``failed``; records in ``error`` the newest complete checkpoint and, if
+    the status could not be written, why."""
+    if error.recorded:
+      return
+    error.recorded, error.workdir = True, self.workdir
+    if self.checkpointer is not None:
+      try:
+        self.checkpointer.close()  # an unfinished save stays a temporary directory
+      except Exception:  # noqa: BLE001, S110  (already failing: the first error is reported)
+        pass
+      done = self.checkpointer.complete_steps()
+      error.checkpoint_step = done[-1] if done else None
+    if self.writer is not None:
+      try:
+        self.writer.close()
+      except Exception:  # noqa: BLE001, S110
+        pass
+    error.step = self._step
+    if self.primary:
+      try:
+        metrics_lib.write_status(self.workdir, "failed", self._step,
+                                 **{**self.status_fields, **(self._running or {}),
+                                    "error": str(error), "checkpoint_step": error.checkpoint_step})
+      except workdir_lib.WriteFailure as e:
+        error.status_error = e.reason
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.primary:
-      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+      path = os.path.join(self.workdir, "config.json")
+      with self._writing(f"config in {path}"), open(path, "w") as f:
         f.write(config.to_json(indent=1))
 
   def restore(self, template) -> tuple[int | None, Any]:
     """The latest readable checkpoint (or ``(None, template)``); later metric records, written
     by a run killed before its next checkpoint, are dropped (this run writes them again)."""
     restored_step, tree = self.checkpointer.restore_latest(template)
-    self.writer.truncate_after(restored_step or 0)
+    self.checkpoint_step = restored_step
+    self._step = restored_step or 0
+    with self._writing("metrics"):
+      self.writer.truncate_after(restored_step or 0)
     return restored_step, tree
 
   def save(self, step: int, tree) -> None:
-    self.checkpointer.save(step, tree)
+    self._step = step
+    where = self.checkpointer.directory
+    if self._pending is not None:  # an error of the previous asynchronous save surfaces here
+      with self._writing(f"checkpoint step {self._pending} in {where}"):
+        self.checkpointer.wait()
+      self.checkpoint_step, self._pending = self._pending, None
+    with self._writing(f"checkpoint step {step} in {where}"):
+      self.checkpointer.save(step, tree)
+    self._pending = step
+    if self._running is not None:
+      self.write_status("running", step, **self._running)
 
   def write_metrics(self, step: int, metrics: dict, prefix: str = "") -> None:
-    self.writer.write(step, metrics, prefix=prefix)
+    self._step = max(self._step, step)
+    with self._writing("metrics"):
+      self.writer.write(step, metrics, prefix=prefix)
 
   def write_status(self, status: str, step: int, **fields) -> None:
+    if status == "running":
+      self._running = fields
     if self.primary:
-      metrics_lib.write_status(self.workdir, status, step, **{**self.status_fields, **fields})
+      with self._writing("status"):
+        metrics_lib.write_status(self.workdir, status, step,
+                                 **{**self.status_fields, **fields,
+                                    "checkpoint_step": self.checkpoint_step})
 
   def close(self) -> None:
-    self.checkpointer.close()
-    self.writer.close()
+    where = self.checkpointer.directory
+    what = (f"checkpoint step {self._pending} in {where}" if self._pending is not None
+            else f"checkpoints in {where}")
+    with self._writing(what):
+      self.checkpointer.close()
+    if self._pending is not None:
+      self.checkpoint_step, self._pending = self._pending, None
+    with self._writing("TensorBoard events"):
+      self.writer.close()
 
 
 def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_steps: int,

@@ -18,6 +18,8 @@ from ml_collections import config_flags
 from lbjax import runners
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
+from lbjax import workdir as workdir_lib
+from lbjax.workdir import WriteFailure
 
 FLAGS = flags.FLAGS
 
@@ -106,6 +108,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  workdir_lib.quiet_storage_errors()  # a storage error is reported in one line (WriteFailure)
   try:
     fv.config.get("seed")  # ml_collections defers a config file's load error to first use
   except OSError as e:
@@ -119,6 +122,12 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     summary = runners.run(fv.config, fv.workdir)
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
+  except WriteFailure as e:  # a full disk, a quota, permissions: one line, status.json "failed"
+    print(f"lbjax: error: {e.line()}", file=sys.stderr, flush=True)
+    if e.status_error is not None:
+      print(f"lbjax: error: status.json could not be written either ({e.status_error}); it does "
+            "not say failed", file=sys.stderr, flush=True)
+    sys.exit(WriteFailure.EXIT_CODE)
   if summary["status"] == "diverged":
     sys.exit(3)
   if summary["status"] == "preempted":

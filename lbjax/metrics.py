@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from lbjax import workdir as workdir_lib
+
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -30,7 +32,11 @@ class MetricWriter:
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # The writer thread never flushes on its own (flush_secs): `write` flushes, so a full disk
+      # is an error of this thread (`lbjax.workdir.WriteFailure`), not a dying writer thread.
+      self._tb_dir = os.path.join(workdir, "tensorboard")
+      with workdir_lib.writing(f"TensorBoard events in {self._tb_dir}"):
+        self._tb = SummaryWriter(self._tb_dir, flush_secs=7 * 86400)
 
   def truncate_after(self, step: int) -> None:
     """Drops records newer than ``step`` (left by a run killed after its last checkpoint)."""
@@ -39,19 +45,23 @@ class MetricWriter:
       return
     with open(path) as f:
       keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    with workdir_lib.writing(f"metrics in {path}"):
+      with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(path + ".tmp", path)
 
   def write(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
     if not self.enabled:
       return
     record = {f"{prefix}{k}": _py(v) for k, v in scalars.items()}
-    for k, v in record.items():
-      if isinstance(v, (int, float)):
-        self._tb.add_scalar(k, v, step)
-    with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
+    path = os.path.join(self.workdir, METRICS_FILE)
+    with workdir_lib.writing(f"metrics in {path}"), open(path, "a") as f:
       f.write(json.dumps({"step": int(step), **record}) + "\n")
+    with workdir_lib.writing(f"TensorBoard events in {self._tb_dir}"):
+      for k, v in record.items():
+        if isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
     if self.echo:
       text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items())
@@ -59,11 +69,13 @@ class MetricWriter:
 
   def flush(self) -> None:
     if self._tb is not None:
-      self._tb.flush()
+      with workdir_lib.writing(f"TensorBoard events in {self._tb_dir}"):
+        self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      with workdir_lib.writing(f"TensorBoard events in {self._tb_dir}"):
+        self._tb.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -75,12 +87,14 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def write_status(workdir: str, status: str, step: int, **extra) -> None:
-  """Atomically writes ``workdir/status.json``: running | completed | diverged | preempted."""
+  """Atomically writes ``workdir/status.json``: running | completed | diverged | preempted |
+  stopped | failed (a storage error: `lbjax.workdir.WriteFailure`)."""
   path = os.path.join(workdir, STATUS_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"status": status, "step": int(step), **{k: _py(v) for k, v in extra.items()}}, f,
-              indent=1)
-  os.replace(path + ".tmp", path)
+  with workdir_lib.writing(f"status in {path}"):
+    with open(path + ".tmp", "w") as f:
+      json.dump({"status": status, "step": int(step), **{k: _py(v) for k, v in extra.items()}},
+                f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def read_status(workdir: str) -> dict | None:

@@ -8,12 +8,16 @@ the SWAP average with ``config.swap``). ``callback(step, metrics)`` runs at ever
 every runner, with increasing steps, and may stop the run (`lbjax.loop.run`).
 """
 
+import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 
 from lbjax import config_lib, swap, train
+from lbjax import metrics as metrics_lib
+from lbjax import workdir as workdir_lib
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
@@ -25,8 +29,82 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
     config_lib.validate(config, device_count=device_count, process_count=process_count)
 
 
+def report_unfinished(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Says so when the previous run in ``workdir`` died without a final status (``running``)."""
+  dirs = [workdir] + ([os.path.join(workdir, "phase1")] if swap.enabled(config) else [])
+  for path in dirs:
+    status = metrics_lib.read_status(path)
+    if status is not None and status.get("status") == "running":
+      print(f"lbjax: the previous run in {path} ended without a status at step "
+            f"\N{GREATER-THAN OR EQUAL TO} {status['step']}; resuming", flush=True)
+      return
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
         callback: Callable[[int, dict], bool] | None = None) -> dict[str, Any]:
-  if swap.enabled(config):
-    return swap.run(config, workdir, callback=callback)
-  return train.train_and_evaluate(config, workdir, callback=callback)
+  """Runs ``config`` in ``workdir`` as its one owner.
+
+  The config and the workdir are checked first (nothing is written); then the process that
+  writes the workdir (process 0) takes its lock (`lbjax.workdir.WorkdirLock`) for the whole run,
+  SWAP's phase 1 in ``WORKDIR/phase1`` included, before anything is written.
+
+  Raises:
+    ConfigError: a bad config or workdir; `lbjax.workdir.WorkdirInUse` if another live process
+      holds the workdir.
+    lbjax.workdir.WriteFailure: a storage error while writing the run's files (``status.json``
+      then says ``failed``; the newest complete checkpoint is untouched).
+  """
+  validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+  config_lib.check_workdir(config, workdir)
+  primary = jax.process_index() == 0  # the other processes of a multi-host run write no files
+  lock = workdir_lib.WorkdirLock(workdir)
+  if primary:
+    with workdir_lib.writing(f"the lock file in {workdir}"):
+      lock.acquire()
+  try:
+    report_unfinished(config, workdir)
+    try:
+      if swap.enabled(config):
+        return swap.run(config, workdir, callback=callback)
+      return train.train_and_evaluate(config, workdir, callback=callback)
+    except Exception as e:  # storage errors end in one line; others propagate
+      failure = e if isinstance(e, workdir_lib.WriteFailure) else None
+      if failure is None:
+        reason = workdir_lib.classify(e)
+        if reason is None:
+          raise
+        failure = workdir_lib.WriteFailure(f"files in {workdir}", reason)
+        failure.checkpoint_step = _complete_step(config, workdir)
+      if primary and failure.workdir != workdir:  # e.g. SWAP's phase 1: the outer status too
+        _record_failure(workdir, failure)
+      if failure is e:
+        raise
+      raise failure from e
+  finally:
+    lock.release()
+
+
+def _complete_step(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+  """The newest complete checkpoint of the run in ``workdir`` (SWAP: of phase 2, else 1)."""
+  dirs = ([os.path.join(workdir, "phase2", "checkpoints"),
+           os.path.join(workdir, "phase1", "checkpoints")] if swap.enabled(config)
+          else [os.path.join(workdir, "checkpoints")])
+  for path in dirs:
+    steps = sorted(int(n) for n in (os.listdir(path) if os.path.isdir(path) else [])
+                   if n.isdigit())
+    if steps:
+      return steps[-1]
+  return None
+
+
+def _record_failure(workdir: str, failure: workdir_lib.WriteFailure) -> None:
+  """``status.json`` = ``failed`` in ``workdir``, or the reason it could not be written."""
+  previous = metrics_lib.read_status(workdir) or {}
+  try:
+    metrics_lib.write_status(workdir, "failed", failure.step or previous.get("step", 0),
+                             **{k: v for k, v in previous.items() if k not in ("status", "step")},
+                             error=str(failure), checkpoint_step=failure.checkpoint_step)
+  except workdir_lib.WriteFailure as e:
+    failure.status_error = failure.status_error or e.reason
+  failure.recorded = True
+  failure.workdir = failure.workdir or workdir

@@ -13,14 +13,15 @@ it in its own exception) and `writing` turns it into `WriteFailure`, which names
 written; the runner adds the last complete checkpoint and ends the run with status ``failed``.
 """
 
+from collections.abc import Iterator
 import contextlib
 import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
-from collections.abc import Iterator
 
 from typing_extensions import Self
 
@@ -49,12 +50,32 @@ class WorkdirInUse(ConfigError):
 
 
 class WriteFailure(Exception):
-  """A write of the run's files failed for a reason of the machine (disk full, permissions...)."""
+  """A write of the run's files failed for a reason of the machine (disk full, permissions...).
+
+  The run's `lbjax.loop.Recorder` fills in ``checkpoint_step`` (the newest complete checkpoint,
+  None if there is none), ``step`` (the step the run had reached) and, when ``status.json``
+  could not be written either, ``status_error``; the launcher prints `line` and exits with
+  `EXIT_CODE`.
+  """
+
+  EXIT_CODE = 4
 
   def __init__(self, what: str, reason: str):
     self.what = what
     self.reason = reason
+    self.checkpoint_step: int | None = None
+    self.step: int | None = None
+    self.status_error: str | None = None
+    self.workdir: str | None = None  # whose status.json says failed (None: not written yet)
+    self.recorded = False  # the status file has been dealt with (written, or its failure noted)
     super().__init__(f"{what}: {reason}")
+
+  def line(self) -> str:
+    """``<what>: <reason>; the last complete checkpoint is step N; rerun to resume``."""
+    if self.checkpoint_step is None:
+      return f"{self.what}: {self.reason}; there is no complete checkpoint; rerun to start again"
+    return (f"{self.what}: {self.reason}; the last complete checkpoint is step "
+            f"{self.checkpoint_step}; rerun to resume")
 
 
 class WorkdirLock:
@@ -162,3 +183,23 @@ def writing(what: str) -> Iterator[None]:
     if reason is None:
       raise
     raise WriteFailure(what, reason) from e
+
+
+class _StorageErrorLogFilter(logging.Filter):
+  """Drops orbax's error logs (tracebacks of its background save threads) whose error is a
+  storage error: the run reports it as `WriteFailure`, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    if record.exc_info and record.exc_info[1] is not None and classify(record.exc_info[1]):
+      return False
+    return classify(Exception(record.getMessage())) is None
+
+
+def quiet_storage_errors(logger: logging.Logger | None = None) -> None:
+  """Installs the filter on absl's logger (orbax logs there); the launcher calls it."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  logger = logger or absl_logging.get_absl_logger()
+  if not any(isinstance(f, _StorageErrorLogFilter) for f in logger.filters):
+    logger.addFilter(_StorageErrorLogFilter())

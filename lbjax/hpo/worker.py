@@ -14,6 +14,9 @@ How a worker runs (`run_worker`):
   (TPE keeps it as a bad point; it is not a crash); SIGTERM/SIGINT → the run checkpoints, the
   trial is marked ``FAIL`` (``status = "preempted"``) and re-queued, and the worker exits 0.
   Every trial carries ``status``, ``worker`` (host:pid) and ``workdir`` user attributes.
+* A trial whose workdir another live process holds (`lbjax.workdir.WorkdirLock`) is skipped:
+  marked ``FAIL`` with ``status = "workdir in use"``, a line printed, and the worker goes on (a
+  new trial takes its place in the budget).
 * Heartbeats: the worker records a heartbeat every ``heartbeat_interval`` seconds; a trial whose
   heartbeat is older than ``grace_period`` (its worker was killed) is marked ``FAIL`` by the next
   worker that looks, and ``RetryHeartbeatStaleTrialCallback`` (Optuna ≥ 4.9's name for
@@ -59,6 +62,7 @@ from lbjax import config_lib, runners
 from lbjax.errors import ConfigError
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
+from lbjax.workdir import WorkdirInUse
 
 # Optuna's TPE with constant liar (see the module docstring); random search as a baseline.
 SAMPLERS: dict[str, Callable[[dict], optuna.samplers.BaseSampler]] = {
@@ -108,6 +112,15 @@ class _Preempted(Exception):
     super().__init__(f"trial {number} preempted at step {step}")
 
 
+class _InUse(Exception):
+  """The trial's workdir is held by another live process; the trial is marked FAIL (a new one
+  takes its place in the budget) and the worker goes on."""
+
+  def __init__(self, number: int, message: str):
+    self.number = number
+    super().__init__(f"trial {number} skipped: its workdir is {message}")
+
+
 def make_objective(config: ml_collections.ConfigDict, study_dir: str,
                    hpo: dict[str, Any], on_start: Callable[[], None]) -> Callable:
   """The Optuna objective: train one suggested config, return the validation accuracy of the
@@ -125,7 +138,11 @@ def make_objective(config: ml_collections.ConfigDict, study_dir: str,
       trial.report(results["validation_accuracy"], step)
       return trial.should_prune()
 
-    summary = runners.run(space.trial_config(config, params), workdir, callback=report)
+    try:
+      summary = runners.run(space.trial_config(config, params), workdir, callback=report)
+    except WorkdirInUse as e:  # another live process trains this trial's workdir: skip it
+      trial.set_user_attr("status", "workdir in use")
+      raise _InUse(trial.number, e.message) from None
     status = summary["status"]
     trial.set_user_attr("status", {"stopped": "pruned"}.get(status, status))
     trial.set_user_attr("step", summary["step"])
@@ -229,6 +246,8 @@ def run_worker(config: ml_collections.ConfigDict, *, study_name: str, trials: in
         # under a heartbeat and tells the outcome; the objective closes the section first.
         study.optimize(make_objective(config, study_dir, hpo, on_start=section.close),
                        n_trials=1)
+      except _InUse as e:
+        print(f"lbjax.hpo: {e}", flush=True)
       except _Preempted as e:
         frozen = next(t for t in study.get_trials() if t.number == e.number)
         rdb.get_heartbeat_stale_trial_callback()(study, frozen)  # FAIL → re-queued copy
