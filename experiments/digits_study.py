@@ -347,11 +347,14 @@ def run(root: str, out: str | None = None, num_points: int = 13, processes: int 
   if any(t[0] is not None for t in tasks):
     run_lib.record_sweep(root, config, planned)
   label_of = report_lib._run_label  # pylint: disable=protected-access
-  tasks.sort(key=lambda t: (t[0] is None, -_SECONDS_HINT.get(label_of(
-      report_lib.RunResult(t[1].name, "", {}, None)), 0)))
   seed0 = {label: next((r for r in planned if label_of(report_lib.RunResult(r.name, "", {}, None))
                         == label and r.config.seed == min(p.config.seed for p in planned)), None)
            for label in (ref, lb_ref)}
+  # The interpolation's two ends first (the curve then runs beside the other runs), then the
+  # longest runs first.
+  ends = {seed0[ref].name, seed0[lb_ref].name}
+  tasks.sort(key=lambda t: (t[0] is None, t[1].name not in ends, -_SECONDS_HINT.get(label_of(
+      report_lib.RunResult(t[1].name, "", {}, None)), 0)))
   png = os.path.join(root, INTERPOLATION)
   curve_json = os.path.splitext(png)[0] + ".json"
   pending_ends = {seed0[ref].name, seed0[lb_ref].name} & {r.name for _, r in tasks}
