@@ -104,6 +104,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 20
+  # Gradient noise scale B_simple (McCandlish et al. 2018 App. A.1, lbjax/noise_scale.py): the
+  # step records train_grad_sq_small (per-device batch, or micro-batch) and train_grad_sq_big
+  # (global batch), the loop their B_simple as train_noise_scale. Costs metrics only, except on
+  # ONE device without micro-batches: there the batch is split into two halves, so with
+  # BatchNorm each half is normalised with its own statistics (Ghost BN of batch/2). Not
+  # resumable: a rerun must keep it as it was.
+  c.log_noise_scale = False
+  # Per-logging-window decay of the moving averages of |G|² and tr(Σ) behind train_noise_scale
+  # (in [0, 1); 0: each window alone). Resumable: a rerun replays metrics.jsonl with it.
+  c.noise_scale_decay = 0.9
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3

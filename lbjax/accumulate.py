@@ -44,6 +44,15 @@ The micro-batches run in one of two ways, ``config.accumulation`` (:data:`MODES`
   here).
 
 Memory is one micro-batch's activations plus the gradient sum in both modes.
+
+**Halves for the gradient noise scale** (``config.log_noise_scale``, `lbjax.noise_scale`): the
+estimate needs each device's batch in at least two pieces with their own mean gradients. Across
+devices or micro-batches the pieces exist already; on a device axis of **one** device without
+micro-batches (``halves=True`` in :func:`scan_step` and :func:`host_step`) the step runs as two
+micro-batches of ``b/2``, unrolled (no loop). The update is the same mean gradient, but with
+BatchNorm each half is normalised with its own statistics, as Ghost BatchNorm of ``b/2`` would:
+logging the noise scale changes training in exactly that case (one device, no micro-batches,
+a model with BatchNorm), and in no other.
 """
 
 from collections.abc import Callable, Sequence
@@ -122,13 +131,15 @@ def mean_of_sum(total, n: int, like):
   return jax.tree.map(lambda t, s: (t / n).astype(s.dtype), total, like)
 
 
-def accumulate(fn: Callable, micro_batch_size: int | None) -> Callable:
+def accumulate(fn: Callable, micro_batch_size: int | None, *, unroll: bool = False
+               ) -> Callable:
   """``fn(batch)``, a tree of means over ``batch``, computed micro-batch by micro-batch.
 
   Args:
     fn: ``fn(batch) -> tree`` whose leaves are means over the examples of ``batch`` (a tree of
       ``[b, ...]`` arrays).
     micro_batch_size: examples per micro-batch; None (or ``>= b``) calls ``fn`` once.
+    unroll: unroll the scan into straight-line code (the noise scale's two halves).
 
   Returns:
     ``batch -> tree``: the mean of ``fn`` over the ``b / micro_batch_size`` micro-batches,
@@ -147,24 +158,41 @@ def accumulate(fn: Callable, micro_batch_size: int | None) -> Callable:
     def body(total, one):
       return add(total, fn(one)), None
 
-    total, _ = lax.scan(body, zeros_like_sum(like), micro)
+    total, _ = lax.scan(body, zeros_like_sum(like), micro, unroll=unroll)
     return mean_of_sum(total, n, like)
 
   return accumulated
 
 
-def scan_step(parts: StepParts, micro_batch_size: int | None) -> Callable:
-  """The per-device ``(state, batch) -> (state, metrics)`` with in-step accumulation."""
+def halves_apply(batch: int, micro_batch_size: int | None, axis_name: str) -> bool:
+  """Whether the noise scale's split into halves applies (module doc): a device axis of one
+  device (read while tracing) and no micro-batches (``micro_batch_size`` None or ``>= batch``)."""
+  return num_micro_batches(batch, micro_batch_size) == 1 and lax.axis_size(axis_name) == 1
+
+
+def scan_step(parts: StepParts, micro_batch_size: int | None, *, halves: bool = False,
+              axis_name: str | None = None) -> Callable:
+  """The per-device ``(state, batch) -> (state, metrics)`` with in-step accumulation.
+
+  With ``halves`` (``config.log_noise_scale``), on a device axis ``axis_name`` of one device
+  and without micro-batches, the batch runs as two unrolled micro-batches of ``b/2`` (module
+  doc); otherwise ``halves`` changes nothing.
+  """
+  if halves and axis_name is None:
+    raise ValueError("halves needs the device axis_name")
 
   def train_step(state, batch):
-    terms = accumulate(lambda b: parts.terms(state, b), micro_batch_size)(batch)
+    micro, unroll = micro_batch_size, False
+    if halves and halves_apply(_batch_size(batch), micro_batch_size, axis_name):
+      micro, unroll = _batch_size(batch) // 2, True
+    terms = accumulate(lambda b: parts.terms(state, b), micro, unroll=unroll)(batch)
     return parts.apply(state, terms)
 
   return train_step
 
 
 def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
-              devices: Sequence[jax.Device] | None = None) -> Callable:
+              devices: Sequence[jax.Device] | None = None, halves: bool = False) -> Callable:
   """A host-level train step ``(state, batch) -> (state, metrics)`` made of pmapped pieces.
 
   ``state`` is replicated over ``devices`` and ``batch`` is ``[devices, b, ...]`` (host or
@@ -172,7 +200,8 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
   micro-batches: each pmapped micro-step slices its rows of the device-resident batch, computes
   ``parts.terms`` and adds them into a sum on device (donated, updated in place); one pmapped
   ``parts.apply`` of the mean then takes the optimizer update (``state`` is donated). Dispatch
-  is asynchronous, so the loop does not wait for the device.
+  is asynchronous, so the loop does not wait for the device. A batch that needs no
+  micro-batches runs as one pmapped :func:`scan_step` (with ``halves``, see there).
   """
   pmap = lambda f, **kw: jax.pmap(f, axis_name=axis_name, devices=devices, **kw)
   local = jax.local_devices() if devices is None else list(devices)
@@ -191,7 +220,7 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
   p_apply = pmap(lambda state, total, batch, size, n: parts.apply(
       state, mean_of_sum(total, n, like(state, batch, size))),
                  donate_argnums=(0,), static_broadcasted_argnums=(3, 4))
-  p_full = pmap(lambda state, batch: parts.apply(state, parts.terms(state, batch)),
+  p_full = pmap(scan_step(parts, None, halves=halves, axis_name=axis_name),
                 donate_argnums=(0,))
   indices: dict[int, jax.Array] = {}
 
@@ -213,17 +242,19 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
 
 
 def pmap_train_step(parts: StepParts, micro_batch_size: int | None, mode: str = "auto", *,
-                    axis_name: str, devices: Sequence[jax.Device] | None = None
-                    ) -> Callable:
+                    axis_name: str, devices: Sequence[jax.Device] | None = None,
+                    halves: bool = False) -> Callable:
   """The host-level train step over ``devices`` for ``config.accumulation`` ``mode``.
 
   Without accumulation, or with ``"scan"``, it is ``jax.pmap(scan_step(...))`` with the state
-  donated; with ``"host"``, :func:`host_step`.
+  donated; with ``"host"``, :func:`host_step`. ``halves``: the noise scale's split
+  (:func:`scan_step`).
   """
   if micro_batch_size is not None and resolve_mode(mode) == "host":
-    return host_step(parts, micro_batch_size, axis_name=axis_name, devices=devices)
-  return jax.pmap(scan_step(parts, micro_batch_size), axis_name=axis_name, devices=devices,
-                  donate_argnums=(0,))
+    return host_step(parts, micro_batch_size, axis_name=axis_name, devices=devices,
+                     halves=halves)
+  return jax.pmap(scan_step(parts, micro_batch_size, halves=halves, axis_name=axis_name),
+                  axis_name=axis_name, devices=devices, donate_argnums=(0,))
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> None:
@@ -259,5 +290,8 @@ def forward_batch(config: ml_collections.ConfigDict, device_count: int) -> tuple
   micro = config.get("micro_batch_size")
   if micro is not None and micro < per_device:
     return micro, f"micro-batch {micro} (config.micro_batch_size)"
+  if config.get("log_noise_scale") and device_count == 1:
+    return per_device // 2, (f"half batch {per_device // 2} (config.log_noise_scale on one "
+                             "device splits the batch in two halves)")
   return per_device, (f"per-device batch {per_device} (batch_size {config.batch_size} over "
                       f"{device_count} devices)")

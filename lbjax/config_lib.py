@@ -11,14 +11,18 @@ from typing import Any
 
 import ml_collections
 
-from lbjax import accumulate, models, schedules, swa
+from lbjax import accumulate, models, noise_scale, schedules, swa
 from lbjax.data import augment, datasets
 from lbjax.errors import ConfigError, check_choice
 from lbjax.optim import registry
 
 # Keys that only change logging or bookkeeping: a rerun may change them and still resume.
+# (``log_noise_scale`` is not one: on one device without micro-batches it splits the batch into
+# halves, which changes BatchNorm training, and the workdir check does not know the device count;
+# ``noise_scale_decay`` is: the loop replays the logged windows with it on resume.)
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-                  "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation")
+                  "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation",
+                  "noise_scale_decay")
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
@@ -54,7 +58,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
 
 def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
                       process_count: int = 1) -> None:
-  """The keys of one training phase: batch, length, micro-batches, Ghost BN, optimizer (with
+  """The keys of one training phase: batch, length, micro-batches, noise-scale logging, Ghost BN,
+  optimizer (with
   update noise and SmoothOut), schedule and SWA. SWAP checks its phase 2 with this alone."""
   for key in ("batch_size", "num_epochs"):
     _positive(config, key)
@@ -66,6 +71,7 @@ def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
                       f"({process_count} process(es)); use a multiple of {device_count}")
   augment.validate_batch(config.augment, config.batch_size // device_count)  # CutMix pairs
   accumulate.validate_config(config, device_count=device_count)  # micro_batch_size, accumulation
+  validate_noise_scale(config, device_count=device_count)  # before Ghost BN: it sets the halves
   ghost = config.model.get("ghost_batch_size")
   if ghost is not None:
     # Ghost batches split each forward pass: the per-device (micro-)batch.
@@ -83,6 +89,34 @@ def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
   if config.schedule.base_batch_size is not None:
     _positive(config, "schedule.base_batch_size")
   swa.validate_config(config)  # config.swa
+
+
+def validate_noise_scale(config: ml_collections.ConfigDict, *, device_count: int) -> None:
+  """``config.log_noise_scale`` (a bool; its pieces must split the batch, halves holding whole
+  CutMix pairs) and ``config.noise_scale_decay`` (in [0, 1)). Absent keys: nothing to check."""
+  log = config.get("log_noise_scale")
+  if log is None:
+    return
+  if not isinstance(log, bool):
+    raise ConfigError("config.log_noise_scale", f"must be True or False, got {log!r}")
+  decay = config.get("noise_scale_decay", 0.9)
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+    raise ConfigError("config.noise_scale_decay", f"must be in [0, 1), got {decay!r}")
+  if not log:
+    return
+  try:
+    b_small, _, _ = noise_scale.batch_sizes(config.batch_size, device_count,
+                                            config.get("micro_batch_size"))
+  except ValueError as e:
+    raise ConfigError("config.log_noise_scale", str(e)) from None
+  if device_count == 1 and 2 * b_small == config.batch_size:  # the halves (or 2 micro-batches)
+    half = b_small
+    for token in augment.validate_mode(config.augment):
+      group = augment.AUGMENTATIONS[token].group_size
+      if half % group:
+        raise ConfigError("config.log_noise_scale",
+                          f"on one device the batch is split in two halves of {half}, and "
+                          f"augment token {token!r} mixes groups of {group} rows across them")
 
 
 def total_steps(num_epochs: float, num_examples: int, batch_size: int) -> int:

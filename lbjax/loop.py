@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
+from lbjax import noise_scale as noise_scale_lib
 from lbjax import workdir as workdir_lib
 
 Callback = Callable[[int, dict], bool]
@@ -193,7 +194,8 @@ class Recorder:
 def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_steps: int,
         steps: Iterator[Any], host_state: Callable[[], Any], evaluate: Callable[[int], dict],
         steps_per_epoch: float, examples_per_step: int, num_replicas: int = 1,
-        callback: Callback | None = None, step_offset: int = 0) -> tuple[str, int]:
+        callback: Callback | None = None, step_offset: int = 0,
+        noise_scale: tuple[int, int] | None = None) -> tuple[str, int]:
   """Runs ``steps`` from ``start`` to ``total_steps``; returns ``(status, step)``.
 
   Args:
@@ -214,6 +216,13 @@ def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_s
       the evaluation's and the last logging window's metrics (``train_accuracy``, ...); a true
       return saves a checkpoint and ends the run with status ``stopped``.
     step_offset: added to the steps the callback sees.
+    noise_scale: ``(b_small, b_big)`` when the step records ``grad_sq_small`` and
+      ``grad_sq_big`` (``config.log_noise_scale``, `lbjax.step.Experiment.noise_scale_batches`).
+      Each flush then updates a `lbjax.noise_scale.NoiseScaleEMA` (decay
+      ``config.noise_scale_decay`` per window) with the window means and writes its B_simple as
+      ``train_noise_scale``; the moving averages start from a replay of ``metrics.jsonl``'s
+      windows, so a resumed run continues them. With replicas (SWAP) the window means, and so
+      the one B_simple, are over all replicas.
 
   Returns:
     ``status`` is ``completed``, ``diverged`` (``step``: the first non-finite step),
@@ -223,10 +232,15 @@ def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_s
   pending: list[Any] = []
   last_train: dict[str, float] = {}
   clock = {"time": time.time(), "step": start}
+  decay = config.get("noise_scale_decay", 0.9)
+  ema = None  # the windows logged before a resume (metrics.jsonl was truncated to `start`)
+  if noise_scale is not None:
+    ema = noise_scale_lib.NoiseScaleEMA.replay(metrics_lib.read_metrics(rec.workdir),
+                                               *noise_scale, decay=decay)
 
   def flush(step: int) -> int | None:
     """Writes the window means of the pending metrics; returns the first non-finite step."""
-    nonlocal pending
+    nonlocal pending, ema
     if not pending:
       return None
     rows = {k: np.stack([np.asarray(m[k]).reshape(num_replicas, -1) for m in jax.device_get(
@@ -245,6 +259,9 @@ def run(rec: Recorder, config: ml_collections.ConfigDict, *, start: int, total_s
     means["images_per_sec"] = ((step - clock["step"]) * examples_per_step
                                / max(now - clock["time"], 1e-9))
     means["epoch"] = step / steps_per_epoch
+    if noise_scale is not None:  # McCandlish et al. 2018 App. A.1, averaged across windows
+      ema = ema.update(means["grad_sq_small"], means["grad_sq_big"], *noise_scale, decay=decay)
+      means["noise_scale"] = ema.b_simple
     rec.write_metrics(step, means, prefix="train_")
     last_train.update({f"train_{k}": v for k, v in means.items()})
     clock.update(time=now, step=step)

@@ -19,6 +19,14 @@ The path of one batch through one step (``make_step_parts``):
   → forward/backward (with K-FAC capture: also the layers' statistics), per micro-batch
   → ``pmean`` over `AXIS` of gradients, loss, BatchNorm and K-FAC statistics
   → ``tx.update`` (optimizer, update noise, SWA average) → θ + u, metrics.
+
+With ``config.log_noise_scale`` the step also records the two squared gradient norms of the
+gradient noise scale (McCandlish et al. 2018 App. A.1, `lbjax.noise_scale`; the loop turns them
+into B_simple): ``grad_sq_small``, the mean over devices and pieces of ``|g_piece|²`` for each
+piece's own mean gradient (a piece is a micro-batch, else the device's batch, else on one device
+half of it: the step then runs as two micro-batches of b/2, so with BatchNorm each half is
+normalised with its own statistics, like Ghost BN of b/2; `lbjax.accumulate`), and
+``grad_sq_big``, ``|g|²`` of the averaged gradient the optimizer applies.
 """
 
 from collections.abc import Callable, Sequence
@@ -33,7 +41,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from lbjax import accumulate, config_lib, models, schedules, swa
+from lbjax import accumulate, config_lib, models, noise_scale, schedules, swa
 from lbjax.data import augment, datasets, pipeline
 from lbjax.errors import ConfigError
 from lbjax.optim import kfac_capture, registry, smoothout
@@ -97,7 +105,8 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
                     augment_mode: str, num_classes: int, mean, std,
                     learning_rate: optax.Schedule,
                     perturb: Callable | None = None,
-                    capture: Callable | None = None) -> accumulate.StepParts:
+                    capture: Callable | None = None,
+                    log_noise_scale: bool = False) -> accumulate.StepParts:
   """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
 
   ``perturb(params, step, seed)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the
@@ -106,6 +115,13 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
   ``capture`` (K-FAC, ``lbjax.optim.kfac_capture.from_config``) replaces ``jax.value_and_grad``
   with the same forward/backward pass that also returns the layers' curvature statistics; they are
   averaged over AXIS and passed to ``tx.update`` as ``kfac_stats``.
+
+  ``log_noise_scale`` (``config.log_noise_scale``): ``terms`` adds ``grad_sq``, the squared
+  norm of its own mean gradient (accumulation averages it over micro-batches, ``apply`` over
+  AXIS), and the metrics gain ``grad_sq_small`` (that average) and ``grad_sq_big`` (the squared
+  norm of the gradient passed to ``tx.update``). Off, the step is exactly the one without them.
+  The pieces (micro-batches, or halves on one device) come from the step around these parts
+  (`lbjax.accumulate.scan_step`'s ``halves``).
   """
 
   def loss_fn(params, batch_stats, images, targets):
@@ -128,8 +144,11 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
     else:
       (loss, (logits, batch_stats)), grads, stats = capture(
           grad_params, state.batch_stats, images, targets, keys)
-    return {"loss": loss, "accuracy": soft_accuracy(logits, targets), "grads": grads,
-            "batch_stats": batch_stats, "kfac_stats": stats}
+    out = {"loss": loss, "accuracy": soft_accuracy(logits, targets), "grads": grads,
+           "batch_stats": batch_stats, "kfac_stats": stats}
+    if log_noise_scale:  # |G_{B_small}|² of this piece (McCandlish et al. 2018 App. A.1)
+      out["grad_sq"] = noise_scale.squared_norm(grads)
+    return out
 
   def apply(state: TrainState, terms):
     # Gradients, loss and K-FAC statistics averaged over AXIS. BatchNorm already normalises
@@ -152,6 +171,9 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
         "update_ratio": update_norm / (param_norm + 1e-12),
         "finite": jnp.isfinite(loss) & jnp.isfinite(param_norm),
     }
+    if log_noise_scale:
+      metrics["grad_sq_small"] = terms["grad_sq"]
+      metrics["grad_sq_big"] = noise_scale.squared_norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
@@ -218,7 +240,18 @@ class Experiment(NamedTuple):
     micro-steps when ``config.accumulation`` resolves to ``"host"`` (``lbjax/accumulate.py``)."""
     return accumulate.pmap_train_step(
         self.train_parts, self.config.get("micro_batch_size"),
-        self.config.get("accumulation", "auto"), axis_name=AXIS, devices=devices)
+        self.config.get("accumulation", "auto"), axis_name=AXIS, devices=devices,
+        halves=bool(self.config.get("log_noise_scale", False)))
+
+  def noise_scale_batches(self, device_count: int) -> tuple[int, int] | None:
+    """``(b_small, b_big)`` of the step's ``grad_sq_small`` / ``grad_sq_big`` when it runs
+    data-parallel over ``device_count`` devices (`lbjax.noise_scale.batch_sizes`); None
+    without ``config.log_noise_scale``."""
+    if not self.config.get("log_noise_scale", False):
+      return None
+    b_small, b_big, _ = noise_scale.batch_sizes(self.config.batch_size, device_count,
+                                                self.config.get("micro_batch_size"))
+    return b_small, b_big
 
   def pmap_eval_step(self, devices: Sequence[jax.Device] | None = None) -> Callable:
     return jax.pmap(self.eval_step, axis_name=AXIS, devices=devices)
@@ -267,8 +300,11 @@ def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = Non
                                 learning_rate=learning_rate,
                                 perturb=smoothout.from_config(config, total_steps),
                                 capture=kfac_capture.from_config(config.optimizer, model,
-                                                                 cross_entropy))
-  train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"))
+                                                                 cross_entropy),
+                                log_noise_scale=bool(config.get("log_noise_scale", False)))
+  train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"),
+                                    halves=bool(config.get("log_noise_scale", False)),
+                                    axis_name=AXIS)
   eval_step = make_eval_step(model, num_classes=data.num_classes, mean=mean, std=std,
                              augment_mode=config.augment)
   return Experiment(config, data, model, tx, learning_rate, steps_per_epoch, total_steps,

@@ -409,7 +409,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       steps=(replicas.step(s) for s in range(start, total)), host_state=replicas.host_states,
       evaluate=lambda _: evaluate_average(average_replicas(replicas.host_states().params))[0],
       steps_per_epoch=exp.steps_per_epoch, examples_per_step=num_replicas * exp.config.batch_size,
-      num_replicas=num_replicas, callback=callback, step_offset=offset)
+      num_replicas=num_replicas, callback=callback, step_offset=offset,
+      noise_scale=exp.noise_scale_batches(replicas.group_size))  # each replica's devices
   if status != "completed":
     return finish(status, 2, step, **phase1)
   states = replicas.host_states()

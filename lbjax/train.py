@@ -93,7 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           host_state=lambda: unreplicate(state), evaluate=evaluate_now,
                           steps_per_epoch=exp.steps_per_epoch,
                           examples_per_step=config.batch_size, callback=callback,
-                          step_offset=step_offset)
+                          step_offset=step_offset,
+                          noise_scale=exp.noise_scale_batches(jax.device_count()))
   results: dict[str, Any] = {}
   if status == "completed":
     results = evaluate_now(step)
