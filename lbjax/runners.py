@@ -8,6 +8,7 @@ the SWAP average with ``config.swap``). ``callback(step, metrics)`` runs at ever
 every runner, with increasing steps, and may stop the run (`lbjax.loop.run`).
 """
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ import ml_collections
 from lbjax import config_lib, swap, train
 from lbjax import metrics as metrics_lib
 from lbjax import workdir as workdir_lib
+from lbjax.errors import ConfigError
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
@@ -58,6 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config_lib.check_workdir(config, workdir)
   primary = jax.process_index() == 0  # the other processes of a multi-host run write no files
   lock = workdir_lib.WorkdirLock(workdir)
+  created = [p for p in (workdir, lock.path) if not os.path.exists(p)]
   if primary:
     with workdir_lib.writing(f"the lock file in {workdir}"):
       lock.acquire()
@@ -80,6 +83,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       if failure is e:
         raise
       raise failure from e
+  except ConfigError:
+    # Bad input found by the runner itself (e.g. no CIFAR-10 in config.data_dir) before it
+    # wrote anything: leave the workdir as it was, without the lock file this call created.
+    if primary:
+      for path in reversed(created):
+        with contextlib.suppress(OSError):
+          os.unlink(path) if path == lock.path else os.rmdir(path)
+    raise
   finally:
     lock.release()
 
