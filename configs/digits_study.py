@@ -63,8 +63,7 @@ def base():
   c.log_every_steps = 10
   c.checkpoint_every_steps = 1000
   c.progress_bar = False
-  if "log_noise_scale" in c:  # B_simple (McCandlish et al. 2018) in metrics.jsonl
-    c.log_noise_scale = True
+  c.log_noise_scale = True  # B_simple (McCandlish et al. 2018) in metrics.jsonl
   return c
 
 
