@@ -28,11 +28,13 @@ import numpy as np
 import pytest
 
 from configs import default
-from lbjax import loop, noise_scale
+from lbjax import loop
 from lbjax import metrics as metrics_lib
+from lbjax import noise_scale
 from lbjax import step as step_lib
 from lbjax.analysis import noise_scale as analysis_noise_scale
-from lbjax.data import augment, pipeline
+from lbjax.data import augment
+from lbjax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 256
@@ -169,8 +171,8 @@ def test_logging_costs_the_metrics_only(lenet, devices, micro, accumulation):
   wherever the pieces exist already (devices, micro-batches): the same state bit for bit and
   the same metrics plus the two squared norms."""
   data = lenet["exp"].data
-  base = dict(micro_batch_size=micro, accumulation=accumulation, augment="standard",
-              fixed=False)
+  base = {"micro_batch_size": micro, "accumulation": accumulation, "augment": "standard",
+          "fixed": False}
   runs = {}
   for log in (None, False, True):
     config = _config(**base)
@@ -195,17 +197,22 @@ def test_logging_costs_the_metrics_only(lenet, devices, micro, accumulation):
 def test_halves_on_one_device_are_micro_batches_of_half_the_batch():
   """With BatchNorm, logging on one device without micro-batches trains as micro-batches of
   b/2 (each half normalised with its own statistics): the documented cost of the split."""
-  base = dict(model="resnet_tiny", batch_size=32, augment="standard", fixed=False,
-              accumulation="scan")
+  base = {"model": "resnet_tiny", "batch_size": 32, "augment": "standard", "fixed": False,
+          "accumulation": "scan"}
   logged = _config(**base)
   halves = _config(**base, micro_batch_size=16)
   halves.log_noise_scale = False
+  full = _config(**base)
+  full.log_noise_scale = False
   devices = jax.devices()[:1]
-  (m_log, s_log), (m_half, s_half) = (_metrics_and_state(c, None, devices)
-                                      for c in (logged, halves))
-  # Same arithmetic up to float32 rounding (an unrolled vs a rolled scan), amplified by BatchNorm.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5), s_log, s_half)
-  np.testing.assert_allclose(m_log[-1]["loss"], m_half[-1]["loss"], rtol=1e-6)
+  (m_log, s_log), (m_half, s_half), (_, s_full) = (_metrics_and_state(c, None, devices)
+                                                   for c in (logged, halves, full))
+  gap = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+  # Same arithmetic as micro-batches of 16 up to float32 rounding (an unrolled vs a rolled scan,
+  # amplified by BatchNorm), and far from the full batch's BatchNorm.
+  assert gap(s_log.params, s_half.params) < 0.1 * gap(s_log.params, s_full.params)
+  np.testing.assert_allclose(m_log[-1]["loss"], m_half[-1]["loss"], rtol=1e-5)
 
 
 def _scripted(total, start=0):
@@ -260,7 +267,8 @@ def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
   cmd = [sys.executable, "-m", "lbjax.main", "--config=configs/default.py", f"--workdir={workdir}",
          "--config.num_epochs=0.18", "--config.log_every_steps=1", "--config.progress_bar=False",
          "--config.log_noise_scale=True", "--config.noise_scale_decay=0.5"]
-  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
   assert run.returncode == 0, run.stdout + run.stderr
   records = [r for r in metrics_lib.read_metrics(str(workdir)) if "train_loss" in r]
   assert len(records) == 3  # ceil(0.18 * 1437 / 128) steps, one window each
@@ -269,8 +277,11 @@ def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
     assert r["train_grad_sq_small"] > r["train_grad_sq_big"] > 0
     ema = ema.update(r["train_grad_sq_small"], r["train_grad_sq_big"], 32, 128, decay=0.5)
     assert r["train_noise_scale"] == pytest.approx(ema.b_simple, rel=1e-12)
-  events = "".join(open(os.path.join(root, f), "rb").read().decode("latin-1")
-                   for root, _, files in os.walk(workdir / "tensorboard") for f in files)
+  events = ""
+  for root, _, files in os.walk(workdir / "tensorboard"):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        events += f.read().decode("latin-1")
   for tag in ("train_grad_sq_small", "train_grad_sq_big", "train_noise_scale"):
     assert tag in events
   assert json.loads((workdir / "config.json").read_text())["log_noise_scale"] is True

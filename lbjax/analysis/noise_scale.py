@@ -11,11 +11,9 @@ averages them (``config.log_noise_scale``); it is re-exported here unchanged:
   run's ``metrics.jsonl``, ``.b_simple``, ``.values``).
 """
 
-from lbjax.noise_scale import (
-  NoiseScaleEMA,
-  batch_sizes,
-  simple_noise_scale,
-  squared_norm,
-)
+from lbjax.noise_scale import NoiseScaleEMA
+from lbjax.noise_scale import batch_sizes
+from lbjax.noise_scale import simple_noise_scale
+from lbjax.noise_scale import squared_norm
 
 __all__ = ["NoiseScaleEMA", "batch_sizes", "simple_noise_scale", "squared_norm"]
