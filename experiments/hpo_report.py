@@ -10,8 +10,8 @@ under the search space's labels) and Optuna's optimization-history and parameter
 
 import math
 import os
-import warnings
 from typing import Any
+import warnings
 
 import optuna
 from optuna.trial import TrialState

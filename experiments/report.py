@@ -26,13 +26,14 @@ Without ``--table`` the table is the one of the config recorded in ``ROOT/sweeps
 ``experiments/run.py``, else one row per run name (seeds merged) and one column.
 """
 
+from collections.abc import Mapping, Sequence
 import csv
 import json
 import math
 import os
 import re
 import sys
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 from absl import app
 from absl import flags
@@ -52,7 +53,7 @@ class RunResult(NamedTuple):
   name: str              # path under the root
   workdir: str
   config: dict[str, Any]  # flattened: dotted keys
-  status: Optional[dict]  # status.json, None before the run wrote one
+  status: dict | None  # status.json, None before the run wrote one
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -121,7 +122,7 @@ def place(table: Table, runs: Sequence[RunResult]
   return cells, unplaced
 
 
-def value_of(run: RunResult, table: Table) -> Optional[float]:
+def value_of(run: RunResult, table: Table) -> float | None:
   """The run's metric (×100 for percent tables) if it completed, else None."""
   status = run.status or {}
   if status.get("status") not in ("completed", "stopped"):
@@ -133,8 +134,8 @@ def value_of(run: RunResult, table: Table) -> Optional[float]:
 
 
 class Cell(NamedTuple):
-  mean: Optional[float]
-  std: Optional[float]
+  mean: float | None
+  std: float | None
   n: int           # runs with a value
   diverged: int
   unfinished: int
@@ -189,9 +190,9 @@ def markdown(table: Table, cells: Mapping[tuple[str, str], Cell],
     for col, _ in table.columns:
       parts += [_seed_text(table.seed.get((row, col))), cells[(row, col)].text()]
     lines.append("| " + " | ".join(parts) + " |")
-  lines += ["", f"ours: mean ± sample std over the runs of a cell (n = runs), "
+  lines += ["", (f"ours: mean ± sample std over the runs of a cell (n = runs), "
             f"{' / '.join(table.metrics)}{' × 100' if table.percent else ''}; "
-            f"'{DIVERGED}': non-finite loss; '{MISSING}': no run."]
+            f"'{DIVERGED}': non-finite loss; '{MISSING}': no run.")]
   seed_values = [v for v in table.seed.values() if isinstance(v, (int, float))]
   ours = [c.mean for c in cells.values() if c.mean is not None]
   if len(seed_values) > 1 or len(ours) > 1:
@@ -227,7 +228,7 @@ def write_csv(table: Table, cells: Mapping[tuple[str, str], Cell], path: str) ->
 
 
 def write_runs_csv(table: Table, placed: Mapping[tuple[str, str], list[RunResult]],
-                   path: str, measured: Optional[Mapping[str, dict[str, float]]] = None) -> None:
+                   path: str, measured: Mapping[str, dict[str, float]] | None = None) -> None:
   """One line per run; plus a column per `MEASUREMENTS` key that some run in ``measured`` has."""
   measured = measured or {}
   keys = [k for k, _ in MEASUREMENTS if any(k in m for m in measured.values())]
@@ -369,7 +370,7 @@ def measurements_markdown(table: Table, placed: Mapping[tuple[str, str], list[Ru
   return "\n".join(lines) + "\n"
 
 
-def _epsilon(workdir: str) -> Optional[float]:
+def _epsilon(workdir: str) -> float | None:
   path = os.path.join(workdir, "sharpness.json")
   if not os.path.exists(path):
     return None
@@ -421,7 +422,7 @@ def runs_table(runs: Sequence[RunResult], name: str = "runs") -> Table:
                tuple((label, {"run": label}) for label in labels), (("test accuracy", {}),))
 
 
-def infer_table(root: str) -> Optional[str]:
+def infer_table(root: str) -> str | None:
   path = os.path.join(root, "sweeps.json")
   if not os.path.exists(path):
     return None
@@ -430,7 +431,7 @@ def infer_table(root: str) -> Optional[str]:
   return names.pop() if len(names) == 1 else None
 
 
-def report(root: str, table: Optional[Table] = None, out_dir: Optional[str] = None,
+def report(root: str, table: Table | None = None, out_dir: str | None = None,
            curves: bool = True) -> dict[str, Any]:
   """Writes the outputs for the runs under ``root``; returns the cells and the paths."""
   runs = collect(root)
@@ -491,7 +492,7 @@ def main(argv):
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
   print(result["markdown"])
-  for kind, path in result["paths"].items():
+  for path in result["paths"].values():
     print(f"wrote {path}")
 
 

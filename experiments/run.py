@@ -41,7 +41,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from absl import app
 from absl import flags
@@ -49,7 +49,8 @@ import ml_collections
 
 from configs.sweeps import apply_overrides
 from lbjax.errors import ConfigError
-from lbjax.workdir import WorkdirInUse, in_use
+from lbjax.workdir import WorkdirInUse
+from lbjax.workdir import in_use
 
 FINISHED = ("completed", "diverged", "stopped")
 RUN_NAME = "run_name"  # reserved override key (configs/sweeps.py)
@@ -67,7 +68,7 @@ class Run(NamedTuple):
 # Loading configs ----------------------------------------------------------------------------------
 
 
-def split_spec(spec: str) -> tuple[str, Optional[str]]:
+def split_spec(spec: str) -> tuple[str, str | None]:
   """``"configs/X.py:arg"`` → ``("configs/X.py", "arg")``; no ``:`` → arg None."""
   path, sep, arg = spec.partition(":")
   return path, (arg if sep else None)
@@ -87,7 +88,7 @@ def load_module(path: str):
   return module
 
 
-def _call(fn, arg: Optional[str]):
+def _call(fn, arg: str | None):
   """``fn(arg)`` if ``fn`` takes an argument, else ``fn()`` (an argument it cannot take is an
   error)."""
   if inspect.signature(fn).parameters:
@@ -97,11 +98,11 @@ def _call(fn, arg: Optional[str]):
   return fn()
 
 
-def get_config(module, arg: Optional[str]) -> ml_collections.ConfigDict:
+def get_config(module, arg: str | None) -> ml_collections.ConfigDict:
   return _call(module.get_config, arg)
 
 
-def sweep_of(module, arg: Optional[str]) -> Optional[list[dict]]:
+def sweep_of(module, arg: str | None) -> list[dict] | None:
   """The module's ``sweep()`` entries, or None when it has no sweep."""
   if not hasattr(module, "sweep"):
     return None
@@ -147,7 +148,7 @@ def run_name(overrides: dict, default: str = "default") -> str:
   return name
 
 
-def plan(spec: str, root: str, data_dir: Optional[str] = None) -> list[Run]:
+def plan(spec: str, root: str, data_dir: str | None = None) -> list[Run]:
   """The runs of ``--config=spec`` under ``root`` (nothing is written)."""
   path, arg = split_spec(spec)
   module = load_module(path)
@@ -196,13 +197,13 @@ def record_sweep(root: str, spec: str, runs: list[Run]) -> None:
 # Running ------------------------------------------------------------------------------------------
 
 
-def status_of(workdir: str) -> Optional[str]:
+def status_of(workdir: str) -> str | None:
   from lbjax import metrics  # pylint: disable=g-import-not-at-top
   status = metrics.read_status(workdir)
   return None if status is None else status["status"]
 
 
-def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: Optional[str] = None
+def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: str | None = None
             ) -> dict[str, Any]:
   """Trains one run (resuming it); returns its summary, ``status`` "error" on an exception."""
   from lbjax import runners  # pylint: disable=g-import-not-at-top
@@ -217,7 +218,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, log_file: Optional[
     except WorkdirInUse as e:  # another process runs it (a sweep started twice): skip it
       print(f"{workdir}: skipped, {e.message}", flush=True)
       return {"status": "in use", "error": e.message, "skipped": True}
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001  (one run's crash is recorded; the sweep goes on)
       traceback.print_exc()
       return {"status": "error", "error": f"{type(e).__name__}: {e}"}
 
@@ -228,14 +229,15 @@ def _run_in_child(config_json: str, workdir: str) -> dict[str, Any]:
   return run_one(config, workdir, log_file=os.path.join(workdir, "log.txt"))
 
 
-def run_sweep(spec: str, root: str, *, processes: int = 1, only: Optional[str] = None,
-              data_dir: Optional[str] = None, dry_run: bool = False
+def run_sweep(spec: str, root: str, *, processes: int = 1, only: str | None = None,
+              data_dir: str | None = None, dry_run: bool = False
               ) -> dict[str, dict[str, Any]]:
   """Runs (or skips) every run of ``spec`` under ``root``; returns ``{name: summary}``.
 
   A skipped run's summary is its ``status.json`` with ``skipped: True``.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from lbjax import config_lib  # pylint: disable=g-import-not-at-top
   from lbjax import metrics  # pylint: disable=g-import-not-at-top
   planned = plan(spec, root, data_dir)
@@ -286,7 +288,7 @@ def run_sweep(spec: str, root: str, *, processes: int = 1, only: Optional[str] =
         run = futures[future]
         try:
           results[run.name] = future.result()
-        except Exception as e:  # pylint: disable=broad-except  (a crashed worker)
+        except Exception as e:  # noqa: BLE001  (a crashed worker process)
           results[run.name] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
         print(f"{run.name}: {results[run.name]['status']}", flush=True)
   return {run.name: results[run.name] for run in runs if run.name in results}

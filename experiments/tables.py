@@ -9,10 +9,11 @@ The seed numbers live beside the sweeps that reproduce them (``configs/seed00X_*
 `TABLES` maps a name to a builder, and `for_config` picks the table of a config file.
 """
 
+from collections.abc import Callable, Mapping
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
-SeedValue = Union[float, str, None]  # a number (%), "diverged", or None (the seed gives none)
+SeedValue = float | str | None  # a number (%), "diverged", or None (the seed gives none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +49,8 @@ def seed000_table1() -> Table:
           for label, _ in rows for bs in cfg.BATCH_SIZES}
   return Table("seed000_table1", "Seed 000 Table 1: SWAP test accuracy (%), ResNet18, CIFAR-10",
                "optimizer (phase 1)", rows, columns, seed,
-               configs=("python -m experiments.run --config=configs/seed000_swap.py:seeds=10 "
-                        "--root=ROOT --data_dir=DIR",))
+               configs=(("python -m experiments.run --config=configs/seed000_swap.py:seeds=10 "
+                        "--root=ROOT --data_dir=DIR"),))
 
 
 def seed001(method: str = "noise") -> Table:
@@ -69,13 +70,16 @@ def seed001(method: str = "noise") -> Table:
                f"preprocessing, uniform {kind} — test accuracy (%); the seed gives curves, "
                "no numbers",
                "noise", tuple(rows), columns,
-               configs=(f"python -m experiments.run --config=configs/seed001_noise.py{arg} "
-                        "--root=ROOT --data_dir=DIR",))
+               configs=((f"python -m experiments.run --config=configs/seed001_noise.py{arg} "
+                        "--root=ROOT --data_dir=DIR"),))
 
 
 def seed002_table1() -> Table:
   # pylint: disable=g-import-not-at-top
-  from configs import seed002_adam, seed002_common, seed002_kfac, seed002_sgd
+  from configs import seed002_adam
+  from configs import seed002_common
+  from configs import seed002_kfac
+  from configs import seed002_sgd
   # pylint: enable=g-import-not-at-top
   modules = {"Momentum SGD": ("sgd", seed002_sgd), "Adam": ("adam", seed002_adam),
              "K-FAC": ("kfac", seed002_kfac)}
@@ -99,8 +103,8 @@ def seed003_table1() -> Table:
   seed = {(cfg.LABELS[stage], column): cfg.SEED_TABLE1[stage] for stage in cfg.STAGES}
   return Table("seed003_table1", "Seed 003 Table 1: ResNet-56, CIFAR-10, NAG, each row adds one "
                "piece — test accuracy (%)", "", rows, ((column, {}),), seed,
-               configs=("python -m experiments.run --config=configs/seed003_ablation.py "
-                        "--root=ROOT --data_dir=DIR",))
+               configs=(("python -m experiments.run --config=configs/seed003_ablation.py "
+                        "--root=ROOT --data_dir=DIR"),))
 
 
 def seed003_table2() -> Table:
@@ -111,8 +115,8 @@ def seed003_table2() -> Table:
           for name in cfg.OPTIMIZERS for i, lr in enumerate(cfg.LEARNING_RATES)}
   return Table("seed003_table2", "Seed 003 Table 2: ResNet-56, CIFAR-10, optimizers × learning "
                "rate — test accuracy (%)", "", rows, columns, seed,
-               configs=("python -m experiments.run --config=configs/seed003_table2.py "
-                        "--root=ROOT --data_dir=DIR",))
+               configs=(("python -m experiments.run --config=configs/seed003_table2.py "
+                        "--root=ROOT --data_dir=DIR"),))
 
 
 def seed003_table3() -> Table:
@@ -124,8 +128,8 @@ def seed003_table3() -> Table:
   return Table("seed003_table3", "Seed 003 Table 3: hybrid optimizer, ResNet-34, CIFAR-10, "
                "learning rate η (rows) × weight decay λ (columns) — test accuracy (%)",
                "η \\ λ", rows, columns, seed,
-               configs=("python -m experiments.run --config=configs/seed003_table3.py "
-                        "--root=ROOT --data_dir=DIR",))
+               configs=(("python -m experiments.run --config=configs/seed003_table3.py "
+                        "--root=ROOT --data_dir=DIR"),))
 
 
 TABLES: dict[str, Callable[[], Table]] = {
@@ -151,7 +155,7 @@ _CONFIG_TABLES = {
 }
 
 
-def for_config(spec: str) -> Optional[str]:
+def for_config(spec: str) -> str | None:
   """The table a config file (``configs/X.py[:arg]``) fills, or None."""
   import os  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(":")

@@ -59,13 +59,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax import lax
 
 from lbjax.data import augment
-from lbjax.errors import ConfigError, check_choice
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 
 MODES = ("auto", "scan", "host")
 AUTO = {"cpu": "host"}  # backend -> mode; any other backend: "scan"

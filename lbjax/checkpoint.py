@@ -10,10 +10,10 @@ next older step, so at most the work since that one is lost.
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 
 class Checkpointer:

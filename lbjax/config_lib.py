@@ -11,9 +11,15 @@ from typing import Any
 
 import ml_collections
 
-from lbjax import accumulate, models, noise_scale, schedules, swa
-from lbjax.data import augment, datasets
-from lbjax.errors import ConfigError, check_choice
+from lbjax import accumulate
+from lbjax import models
+from lbjax import noise_scale
+from lbjax import schedules
+from lbjax import swa
+from lbjax.data import augment
+from lbjax.data import datasets
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 from lbjax.optim import registry
 
 # Keys that only change logging or bookkeeping: a rerun may change them and still resume.

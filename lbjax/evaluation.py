@@ -11,8 +11,8 @@ the *equal-weight average* over the batches of its batch mean and batch variance
 (``momentum=None``, a cumulative moving average), not an exponential moving average.
 """
 
-import math
 from collections.abc import Callable, Iterable, Sequence
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lbjax import step as step_lib
-from lbjax.data import augment, datasets, pipeline
+from lbjax.data import augment
+from lbjax.data import datasets
+from lbjax.data import pipeline
 from lbjax.models import layers
 
 

@@ -17,17 +17,17 @@ same way for every runner:
   threshold). ``step_offset`` keeps the reported steps increasing across SWAP's phases.
 """
 
+from collections.abc import Callable, Iterator
 import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from tqdm import tqdm
 
 from lbjax import checkpoint as checkpoint_lib

@@ -11,14 +11,16 @@ SLURM, --distributed alone lets `jax.distributed.initialize()` detect them.
 import os
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
 import jax
-from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lbjax import runners
+from lbjax import workdir as workdir_lib
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
-from lbjax import workdir as workdir_lib
 from lbjax.workdir import WriteFailure
 
 FLAGS = flags.FLAGS

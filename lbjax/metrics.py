@@ -4,9 +4,9 @@ Per-step metrics stay on device until `MetricWriter.write` is called every ``log
 steps, so the train loop never waits for the device in between.
 """
 
+from collections.abc import Mapping
 import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

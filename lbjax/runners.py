@@ -8,16 +8,18 @@ the SWAP average with ``config.swap``). ``callback(step, metrics)`` runs at ever
 every runner, with increasing steps, and may stop the run (`lbjax.loop.run`).
 """
 
+from collections.abc import Callable
 import contextlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 
-from lbjax import config_lib, swap, train
+from lbjax import config_lib
 from lbjax import metrics as metrics_lib
+from lbjax import swap
+from lbjax import train
 from lbjax import workdir as workdir_lib
 from lbjax.errors import ConfigError
 

@@ -25,14 +25,15 @@ Noise annealing (``build_annealed``, for ``config.noise`` and ``config.smoothout
 Configs give epochs; `steps_per_epoch` (float, N / global batch) converts them once here.
 """
 
-import math
 from collections.abc import Callable
+import math
 
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lbjax.errors import ConfigError, check_choice
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, base_batch_size) -> float:

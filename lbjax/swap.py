@@ -59,8 +59,8 @@ Rerunning the command resumes at the latest of these; a finished run re-evaluate
 same numbers. The replica checkpoints do not depend on the device count or the execution.
 """
 
-import os
 from collections.abc import Sequence
+import os
 from typing import Any
 
 import jax
@@ -68,10 +68,15 @@ import ml_collections
 import numpy as np
 
 from lbjax import checkpoint as checkpoint_lib
-from lbjax import config_lib, evaluation, loop, swa, train
+from lbjax import config_lib
+from lbjax import evaluation
+from lbjax import loop
 from lbjax import metrics as metrics_lib
 from lbjax import step as step_lib
-from lbjax.errors import ConfigError, check_choice
+from lbjax import swa
+from lbjax import train
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 
 REPLICA_AXIS = "replicas"
 EXECUTIONS = ("auto", "vmap", "loop")

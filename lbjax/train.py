@@ -14,23 +14,24 @@ from typing import Any
 import jax
 import ml_collections
 
-from lbjax import config_lib, evaluation, loop, swa
+from lbjax import config_lib
+from lbjax import evaluation
+from lbjax import loop
+from lbjax import swa
 from lbjax.data import pipeline
 from lbjax.errors import ConfigError
 from lbjax.evaluation import evaluate  # noqa: F401  (re-exported)
-from lbjax.step import (  # noqa: F401
-  AXIS,
-  Experiment,
-  TrainState,
-  build,
-  cross_entropy,
-  make_eval_step,
-  make_step_parts,
-  replicate,
-  soft_accuracy,
-  step_keys,
-  unreplicate,
-)
+from lbjax.step import AXIS  # noqa: F401
+from lbjax.step import Experiment  # noqa: F401
+from lbjax.step import TrainState  # noqa: F401
+from lbjax.step import build
+from lbjax.step import cross_entropy  # noqa: F401
+from lbjax.step import make_eval_step  # noqa: F401
+from lbjax.step import make_step_parts  # noqa: F401
+from lbjax.step import replicate
+from lbjax.step import soft_accuracy  # noqa: F401
+from lbjax.step import step_keys  # noqa: F401
+from lbjax.step import unreplicate
 
 
 def result_keys(results: dict[str, Any], use_swa: bool) -> dict[str, Any]:

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbjax import accumulate, config_lib, train
+from lbjax import accumulate
 from lbjax import checkpoint as checkpoint_lib
+from lbjax import config_lib
 from lbjax import metrics as metrics_lib
+from lbjax import train
 from lbjax.errors import ConfigError
 from tests.test_train import small_config
 

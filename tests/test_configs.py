@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from experiments import run as run_lib
-from lbjax import runners, swap, train
+from lbjax import runners
+from lbjax import swap
+from lbjax import train
 from lbjax.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,11 +18,13 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default, quickstart
+from configs import default
+from configs import quickstart
 from lbjax import models
 from lbjax.errors import ConfigError
 from lbjax.models import layers
-from lbjax.optim import kfac_capture, registry
+from lbjax.optim import kfac_capture
+from lbjax.optim import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 8, 8, 1)

@@ -20,10 +20,12 @@ import time
 import types
 
 import optuna
-import pytest
 from optuna.trial import TrialState
+import pytest
 
-from configs import seed002_adam, seed002_kfac, seed002_sgd
+from configs import seed002_adam
+from configs import seed002_kfac
+from configs import seed002_sgd
 from experiments import hpo_report
 from lbjax import metrics as metrics_lib
 from lbjax.errors import ConfigError

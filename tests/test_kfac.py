@@ -17,8 +17,10 @@ import optax
 import pytest
 
 from lbjax.errors import ConfigError
-from lbjax.optim import kfac_capture, registry
-from lbjax.optim.kfac import kfac, scale_by_kfac
+from lbjax.optim import kfac_capture
+from lbjax.optim import registry
+from lbjax.optim.kfac import kfac
+from lbjax.optim.kfac import scale_by_kfac
 
 RTOL = ATOL = 1e-5
 

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optim_reference import mask_of
+from optim_reference import random_tree
 import pytest
-from optim_reference import mask_of, random_tree
 
 from lbjax import optim
 from lbjax.optim.kfac import covered_layers

@@ -5,18 +5,17 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optim_reference import NoisyQuadratic
+from optim_reference import assert_trajectories_close
+from optim_reference import mask_of
+from optim_reference import random_tree
+from optim_reference import run
+from optim_reference import to64
 import pytest
-from optim_reference import (
-  NoisyQuadratic,
-  assert_trajectories_close,
-  mask_of,
-  random_tree,
-  run,
-  to64,
-)
 
 from lbjax import optim
-from lbjax.optim.hybrid import one_minus_power, rectifier_length
+from lbjax.optim.hybrid import one_minus_power
+from lbjax.optim.hybrid import rectifier_length
 
 STEPS = 150
 

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optim_reference import mask_of
+from optim_reference import random_tree
 import pytest
-from optim_reference import mask_of, random_tree
 from test_optim_common import synthetic_kfac_stats
 
 from lbjax import optim

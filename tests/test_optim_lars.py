@@ -4,16 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optim_reference import NoisyQuadratic
+from optim_reference import assert_trajectories_close
+from optim_reference import mask_of
+from optim_reference import max_rel_error
+from optim_reference import random_tree
+from optim_reference import run
+from optim_reference import to64
 import pytest
-from optim_reference import (
-  NoisyQuadratic,
-  assert_trajectories_close,
-  mask_of,
-  max_rel_error,
-  random_tree,
-  run,
-  to64,
-)
 
 from lbjax import optim
 

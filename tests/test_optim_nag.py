@@ -3,14 +3,12 @@
 import jax
 import numpy as np
 import optax
-from optim_reference import (
-  NoisyQuadratic,
-  assert_trajectories_close,
-  mask_of,
-  random_tree,
-  run,
-  to64,
-)
+from optim_reference import NoisyQuadratic
+from optim_reference import assert_trajectories_close
+from optim_reference import mask_of
+from optim_reference import random_tree
+from optim_reference import run
+from optim_reference import to64
 
 from lbjax import optim
 

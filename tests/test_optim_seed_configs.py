@@ -5,17 +5,15 @@ import numpy as np
 import optax
 import pytest
 
-from configs import (
-  seed001_noise,
-  seed002_adam,
-  seed002_common,
-  seed002_kfac,
-  seed002_sgd,
-  seed003_ablation,
-  seed003_table2,
-  seed003_table3,
-  sweeps,
-)
+from configs import seed001_noise
+from configs import seed002_adam
+from configs import seed002_common
+from configs import seed002_kfac
+from configs import seed002_sgd
+from configs import seed003_ablation
+from configs import seed003_table2
+from configs import seed003_table3
+from configs import sweeps
 from lbjax import config_lib
 from lbjax.optim import registry
 

@@ -8,15 +8,13 @@ about 1/(1 − μ) steps after a learning-rate drop.
 import jax
 import numpy as np
 import optax
+from optim_reference import NoisyQuadratic
+from optim_reference import assert_trajectories_close
+from optim_reference import mask_of
+from optim_reference import random_tree
+from optim_reference import run
+from optim_reference import to64
 import pytest
-from optim_reference import (
-  NoisyQuadratic,
-  assert_trajectories_close,
-  mask_of,
-  random_tree,
-  run,
-  to64,
-)
 
 from lbjax import optim
 

@@ -6,11 +6,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from optim_reference import random_tree
+import pytest
 
-from configs import quickstart, sweeps
-from lbjax import optim, train
+from configs import quickstart
+from configs import sweeps
+from lbjax import optim
+from lbjax import train
 
 
 def test_perturbation_is_uniform_in_the_box():

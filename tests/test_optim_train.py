@@ -8,8 +8,8 @@ test catches a broken optimizer, not a 1% regression.
 
 import pytest
 
-from configs import sweeps
 from configs import quickstart
+from configs import sweeps
 from lbjax import train
 from lbjax.optim import registry
 

@@ -17,15 +17,13 @@ import pytest
 
 from lbjax import metrics as metrics_lib
 from lbjax import workdir as workdir_lib
-from tests.test_reliability import (
-  ROOT,
-  assert_bit_identical,
-  checkpoint_steps,
-  final_params,
-  run_launcher,
-  start,
-  wait_for_checkpoint,
-)
+from tests.test_reliability import ROOT
+from tests.test_reliability import assert_bit_identical
+from tests.test_reliability import checkpoint_steps
+from tests.test_reliability import final_params
+from tests.test_reliability import run_launcher
+from tests.test_reliability import start
+from tests.test_reliability import wait_for_checkpoint
 from tests.test_workdir import _hold
 
 SHORT = ["--config.num_epochs=0.9"]  # 40 steps, checkpoints every 10

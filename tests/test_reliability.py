@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags
 
 from lbjax import main as lbjax_main
 from lbjax import metrics as metrics_lib

@@ -9,12 +9,13 @@ import subprocess
 import sys
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from lbjax.analysis import runs, sharpness
+from lbjax.analysis import runs
+from lbjax.analysis import sharpness
 from tests import experiment_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from lbjax import evaluation, swa, train
+from lbjax import evaluation
+from lbjax import swa
+from lbjax import train
 from lbjax.errors import ConfigError
 from lbjax.models import layers
 from tests.test_train import small_config

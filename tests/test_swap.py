@@ -8,11 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import swap_digits, sweeps
+from configs import swap_digits
+from configs import sweeps
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
-from lbjax import runners, swap
+from lbjax import runners
 from lbjax import step as step_lib
+from lbjax import swap
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
 

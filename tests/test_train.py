@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart, sweeps
+from configs import quickstart
+from configs import sweeps
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import metrics as metrics_lib
 from lbjax import train

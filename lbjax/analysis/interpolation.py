@@ -28,7 +28,8 @@ statistics of the two ends would describe neither network. Then the loss and acc
 evaluated on the training and test sets (no augmentation, as in evaluation).
 """
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax
 import jax
@@ -99,7 +100,7 @@ class Evaluator:
   """
 
   def __init__(self, exp: train.Experiment, *, recompute_batch_stats: bool = True,
-               max_train_examples: Optional[int] = None):
+               max_train_examples: int | None = None):
     self.exp = exp
     self.recompute = recompute_batch_stats
     self.devices = jax.local_devices()
@@ -134,7 +135,7 @@ class Evaluator:
 
 
 def _curve(evaluate: Callable[[Any, Any], dict], points: Sequence[float], weights_at: Callable,
-           stats_at: Callable, key: str, log: Optional[Callable[[str], None]]) -> dict:
+           stats_at: Callable, key: str, log: Callable[[str], None] | None) -> dict:
   curve: dict[str, list] = {key: [], **{m: [] for m in METRICS}}
   for x in points:
     r = evaluate(weights_at(x), stats_at(x))
@@ -154,7 +155,7 @@ def alphas(alpha_min: float = -1.0, alpha_max: float = 2.0, num_points: int = 13
 
 
 def linear_curve(evaluator: Evaluator, a, b, points: Sequence[float],
-                 log: Optional[Callable[[str], None]] = None) -> dict[str, np.ndarray]:
+                 log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
   """Seed 001 Fig. 3: the metrics at θ(α) = (1−α)θ_a + αθ_b for α in ``points``.
 
   Args:
@@ -172,7 +173,7 @@ def linear_curve(evaluator: Evaluator, a, b, points: Sequence[float],
 
 
 def direction_curve(evaluator: Evaluator, solution, direction, points: Sequence[float],
-                    log: Optional[Callable[[str], None]] = None) -> dict[str, np.ndarray]:
+                    log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
   """Li et al. (2018): the metrics at θ + t·d for t in ``points`` (key ``"t"``)."""
   return _curve(evaluator, points, lambda t: add_direction(solution.params, direction, t),
                 lambda t: solution.batch_stats, "t", log)

@@ -9,7 +9,7 @@ A normal run keeps its `lbjax.train.TrainState` under ``WORKDIR/checkpoints``; a
 
 import json
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -31,7 +31,7 @@ class Solution(NamedTuple):
   params: Any
   batch_stats: Any
   step: int              # the checkpoint's step
-  status: Optional[dict]  # WORKDIR/status.json, None if absent
+  status: dict | None  # WORKDIR/status.json, None if absent
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -51,7 +51,7 @@ def _model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
-def restore(workdir: str, data: Optional[datasets.Dataset] = None) -> Solution:
+def restore(workdir: str, data: datasets.Dataset | None = None) -> Solution:
   """The model of ``workdir`` at its latest readable checkpoint.
 
   Args:

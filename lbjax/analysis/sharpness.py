@@ -36,27 +36,30 @@ them with ``lax.pmean`` of the per-device result, summed over the batches on the
 The numbers go to ``RUN/sharpness.json`` and a table to stdout.
 """
 
+from collections.abc import Callable, Sequence
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from absl import app
+from absl import flags
+from absl import logging
 import jax
+from jax import lax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.optimize
 import scipy.sparse.linalg
-from absl import app, flags, logging
-from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from lbjax import step as step_lib  # AXIS (the model's named device axis), replicate, build
 from lbjax.analysis import runs
-from lbjax.data import augment, pipeline
+from lbjax.data import augment
+from lbjax.data import pipeline
 from lbjax.errors import ConfigError
 
 SHARPNESS_FILE = "sharpness.json"

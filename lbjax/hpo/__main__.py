@@ -12,15 +12,18 @@ masked (``postgresql://hpo:***@dbhost/hpo``).
 import os
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
 import jax
 import ml_collections
-from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import hpo_report
 from lbjax.errors import ConfigError
-from lbjax.hpo import space, worker
+from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
+from lbjax.hpo import worker
 from lbjax.optim import registry
 
 FLAGS = flags.FLAGS

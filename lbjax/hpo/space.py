@@ -14,7 +14,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from lbjax.errors import ConfigError, check_choice
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 
 # ``config.hpo`` keys and their defaults.
 HPO_DEFAULTS: dict[str, Any] = {

@@ -13,6 +13,7 @@ that failed on a lost connection, with exponential backoff (0.5 s doubling to 5 
 worker redoes it whole (`lbjax.hpo.worker`).
 """
 
+from collections.abc import Callable, Iterator
 import contextlib
 import fcntl
 import functools
@@ -20,15 +21,15 @@ import os
 import re
 import threading
 import time
+from typing import Any
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import optuna
 import sqlalchemy
 
-from lbjax.errors import ConfigError, check_choice
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
 
 # ``scheme://user:password@`` → ``scheme://user:***@`` in any text (also in URLs too malformed
 # for SQLAlchemy to parse).

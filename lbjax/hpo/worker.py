@@ -44,21 +44,22 @@ References:
   Framework", KDD.
 """
 
+from collections.abc import Callable
 import contextlib
 import os
 import shutil
 import socket
 import time
-import warnings
-from collections.abc import Callable
 from typing import Any
+import warnings
 
 import jax
 import ml_collections
 import optuna
 from optuna.trial import TrialState
 
-from lbjax import config_lib, runners
+from lbjax import config_lib
+from lbjax import runners
 from lbjax.errors import ConfigError
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib

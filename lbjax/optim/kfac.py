@@ -58,14 +58,14 @@ References:
   layers" (KFC), ICML.
 """
 
-import math
 from collections.abc import Sequence
+import math
 from typing import NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from lbjax.optim import checks
 

@@ -23,17 +23,19 @@ than once per step (weight sharing) is refused.
 
 from collections.abc import Callable
 
+from flax import traverse_util
 import flax.linen as nn
+from flax.linen import linear as flax_linear
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
-from flax import traverse_util
-from flax.linen import linear as flax_linear
-from jax import lax
 
 from lbjax.errors import check_choice
 from lbjax.optim import checks
-from lbjax.optim.kfac import conv_input_factor, dense_input_factor, output_factor
+from lbjax.optim.kfac import conv_input_factor
+from lbjax.optim.kfac import dense_input_factor
+from lbjax.optim.kfac import output_factor
 from lbjax.optim.rng import KFAC_SAMPLE_SALT
 
 INPUTS = "kfac_inputs"

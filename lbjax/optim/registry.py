@@ -25,18 +25,21 @@ so ``--config.optimizer.name=hybrid`` works on a config whose block was made for
 ``--config.optimizer.name=hybrid --config.optimizer.momentum=0.5`` is refused, naming the key.
 """
 
-import inspect
 from collections.abc import Callable, Mapping
+import inspect
 from typing import Any
 
 import jax
 import ml_collections
-import optax
 from ml_collections import config_dict
+import optax
 
 from lbjax import schedules
-from lbjax.errors import ConfigError, check_choice
-from lbjax.optim import baselines, checks, kfac_capture
+from lbjax.errors import ConfigError
+from lbjax.errors import check_choice
+from lbjax.optim import baselines
+from lbjax.optim import checks
+from lbjax.optim import kfac_capture
 from lbjax.optim.hybrid import hybrid
 from lbjax.optim.kfac import kfac
 from lbjax.optim.lamb import lamb
