@@ -173,7 +173,7 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
     }
     if log_noise_scale:
       metrics["grad_sq_small"] = terms["grad_sq"]
-      metrics["grad_sq_big"] = noise_scale.squared_norm(grads)
+      metrics["grad_sq_big"] = metrics["grad_norm"] ** 2  # |G_{B_big}|², no second pass
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
