@@ -32,19 +32,28 @@ normalised with its own statistics, like Ghost BN of b/2; `lbjax.accumulate`), a
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from flax import struct
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import struct
-from jax import lax
 
-from lbjax import accumulate, config_lib, models, noise_scale, schedules, swa
-from lbjax.data import augment, datasets, pipeline
+from lbjax import accumulate
+from lbjax import config_lib
+from lbjax import models
+from lbjax import noise_scale
+from lbjax import schedules
+from lbjax import swa
+from lbjax.data import augment
+from lbjax.data import datasets
+from lbjax.data import pipeline
 from lbjax.errors import ConfigError
-from lbjax.optim import kfac_capture, registry, smoothout
+from lbjax.optim import kfac_capture
+from lbjax.optim import registry
+from lbjax.optim import smoothout
 
 AXIS = "batch"
 
