@@ -47,12 +47,19 @@ LB_REFERENCE = "2_lb_sgd"  # and with plain large-batch SGD
 SHARPNESS = {"batches": 1, "batch_size": 256, "tol": 1e-3, "trace_samples": 30}
 
 
-def base():
+def digits():
+  """The CPU-sized digits setup every digits config shares (this study, `configs/swap_digits.py`):
+  scikit-learn's digits at 16x16, crop+normalize, ResNet-tiny (BatchNorm)."""
   c = default.get_config()
   c.dataset = "digits"
   c.image_size = 16
   c.augment = "crop+normalize"   # no flips: digits are not mirror-symmetric
   c.model.name = "resnet_tiny"
+  return c
+
+
+def base():
+  c = digits()
   c.num_epochs = 20.0
   c.batch_size = SMALL_BATCH
   c.optimizer = registry.config_block("sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4)

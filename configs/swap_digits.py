@@ -15,17 +15,13 @@ Measured (one CPU device, 33 s wall on 2 shared cores, 2026-11-26): large batch 
 alone for 34 epochs (as many as phase 1 + a replica's phase 2), and SWAP.
 """
 
-from configs import default
+from configs import digits_study
 from configs import sweeps
 from lbjax.optim import registry
 
 
 def get_config():
-  c = default.get_config()
-  c.dataset = "digits"
-  c.image_size = 16
-  c.augment = "crop+normalize"   # no flips: digits are not mirror-symmetric
-  c.model.name = "resnet_tiny"
+  c = digits_study.digits()
 
   # Phase 1: large batch, LARS with warmup (seed 000).
   c.batch_size = 512

@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from lbjax import dotted
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
 
@@ -57,12 +58,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
   c.unlock()
   registry.switch_blocks(c, overrides)
   for key, value in overrides.items():
-    *path, last = key.split(".")
-    target = c
-    for part in path:
-      if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
-        raise ConfigError(f"{where}.{key}", f"config has no block {part!r}")
-      target = target[part]
+    try:
+      target, last = dotted.parent(c, key)
+    except KeyError as e:
+      raise ConfigError(f"{where}.{key}",
+                        f"config has no block {e.args[0].rsplit('.', 1)[-1]!r}") from None
     if isinstance(value, dict):
       target[last] = ml_collections.ConfigDict(value)
       continue

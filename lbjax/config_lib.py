@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from lbjax import accumulate
+from lbjax import dotted
 from lbjax import models
 from lbjax import noise_scale
 from lbjax import schedules
@@ -32,9 +33,7 @@ RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_step
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = dotted.get(config, key)
   ok = value >= 0 if allow_zero else value > 0
   if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
     raise ConfigError(f"config.{key}", f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

@@ -17,6 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lbjax import dotted
 from lbjax import runners
 from lbjax import workdir as workdir_lib
 from lbjax.errors import ConfigError
@@ -97,9 +98,7 @@ def switch_optimizers(flag_values: flags.FlagValues = FLAGS) -> None:
   before = {path: flag_values[f"config.{path}.name"].default for path in registry.BLOCKS
             if f"config.{path}.name" in flag_values}
   for path in registry.switch_blocks(flag_values.config, overrides, before):
-    block = flag_values.config
-    for part in path.split("."):
-      block = block[part]
+    block = dotted.get(flag_values.config, path)
     print(f"lbjax: note: --config.{path}.name={block.name} keeps the config file's "
           f"config.{path}.learning_rate={block.learning_rate:g}; set "
           f"--config.{path}.learning_rate for {block.name}", file=sys.stderr, flush=True)

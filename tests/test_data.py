@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from lbjax import config_lib
 from lbjax.data import augment
 from lbjax.data import datasets
 from lbjax.data import pipeline
@@ -134,8 +135,8 @@ def _split(n, size=2):
 
 
 def test_steps_per_epoch():
-  assert pipeline.steps_per_epoch(1000, 100) == 10
-  assert pipeline.steps_per_epoch(100, 400) == 0.25
+  assert config_lib.steps_per_epoch(1000, 100) == 10
+  assert config_lib.steps_per_epoch(100, 400) == 0.25
 
 
 @pytest.mark.parametrize("n, b", [(12, 4), (10, 4), (7, 3)])

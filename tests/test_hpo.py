@@ -27,6 +27,7 @@ from configs import seed002_adam
 from configs import seed002_kfac
 from configs import seed002_sgd
 from experiments import hpo_report
+from lbjax import dotted
 from lbjax import metrics as metrics_lib
 from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
@@ -72,7 +73,7 @@ def test_search_spaces_cover_table1(module):
   for batch_size, row in module.TABLE1.items():
     tuned = module.get_config(f"bs={batch_size}")
     for name, entry in space.items():
-      value = float(space_lib.get(tuned, entry.key))  # Table 1's value, via the config
+      value = float(dotted.get(tuned, entry.key))  # Table 1's value, via the config
       field = entry.key.split(".")[-1]
       assert value == pytest.approx(row[field]), (name, batch_size)
       assert entry.low <= value <= entry.high, (name, batch_size, value)

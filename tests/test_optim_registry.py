@@ -11,6 +11,7 @@ import pytest
 
 from configs import default
 from lbjax import config_lib
+from lbjax import dotted
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
 from lbjax.optim.noise import AddUniformNoiseState
@@ -22,11 +23,7 @@ def config(name, **overrides):
   c = default.get_config()
   c.optimizer = ml_collections.ConfigDict({"name": name, "learning_rate": 0.1})
   for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
+    dotted.assign(c, key, value)
   return c
 
 

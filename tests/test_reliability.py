@@ -229,6 +229,11 @@ BAD = [
     ("zero keep", ["--config.keep_checkpoints=0"], "config.keep_checkpoints"),
     ("negative warmup", ["--config.schedule.warmup_epochs=-1"], "config.schedule.warmup_epochs"),
     ("unknown ghost batch", ["--config.model.ghost_batch_size=7"], "config.model.ghost_batch_size"),
+    ("ghost batch on a model without BatchNorm", ["--config.model.ghost_batch_size=4"],
+     "config.model.ghost_batch_size"),  # quickstart's LeNet-5
+    ("negative seed", ["--config.seed=-1"], "config.seed"),
+    ("unknown SWAP optimizer", ["--config.swap.enabled=True", "--config.swap.optimizer.name=sgdd"],
+     "config.swap.optimizer.name"),
     ("multi-host without process id", ["--coordinator_address=127.0.0.1:1"],
      "--num_processes/--process_id"),
 ]

@@ -5,7 +5,9 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
+import optuna
 import pytest
 
 from configs import swap_digits
@@ -16,6 +18,7 @@ from lbjax import runners
 from lbjax import step as step_lib
 from lbjax import swap
 from lbjax.errors import ConfigError
+from lbjax.hpo import worker
 from lbjax.optim import registry
 
 
@@ -259,27 +262,34 @@ def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
     assert resumed[key] == pytest.approx(status[key], abs=1e-6), key
 
 
-def test_an_hpo_callback_sees_every_phase_and_can_stop_a_swap_run(tmp_path):
-  """What an HPO trial over a SWAP config sees (`lbjax.runners.run`): intermediate values from
-  phase 1 and phase 2 at increasing steps, and a true return stops the run (pruning)."""
+def test_an_hpo_study_over_a_swap_config_reports_every_phase_and_prunes(tmp_path):
+  """An Optuna trial over a SWAP config (the HPO worker's own objective, `lbjax.hpo.worker`):
+  intermediate values from phase 1 and phase 2 at increasing steps, and the pruner stops the
+  run in phase 2; then the callback of a full run ends on the reported (averaged) model."""
   config = tiny_config(**{"validation_fraction": 0.1, "eval_every_epochs": 0.1,
                           "swap.num_epochs": 0.1, "swap.phase1_stop_accuracy": None})
-  seen = []
+  with config.unlocked():
+    config.search_space = ml_collections.ConfigDict({"lr": {
+        "key": "swap.optimizer.learning_rate", "type": "float", "low": 0.02, "high": 0.02}})
 
-  def report(step, metrics):
-    seen.append((step, metrics))
-    return len(seen) == 7  # prune at the first phase-2 value
+  class PruneAtPhase2(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+      return len(trial.intermediate_values) == 7  # the first phase-2 value
 
-  summary = runners.run(config, str(tmp_path / "pruned"), callback=report)
-  steps = [s for s, _ in seen]
-  assert all({"test_accuracy", "validation_accuracy"} <= set(m) for _, m in seen)
+  study = optuna.create_study(direction="maximize", pruner=PruneAtPhase2())
+  objective = worker.make_objective(config, str(tmp_path / "study"),
+                                    {"keep_trial_checkpoints": True}, lambda: None)
+  study.optimize(objective, n_trials=1)
+  trial = study.trials[0]
   # Phase 1: 6 steps of 1293 examples, evaluated after every step (the 6th is its final
   # evaluation); phase 2 (9 steps of 16) evaluates after 8, reported as 6 + 8.
-  assert steps == [1, 2, 3, 4, 5, 6, 14]
-  assert summary["status"] == "stopped" and summary["phase"] == 2
-  assert metrics_lib.read_status(str(tmp_path / "pruned"))["status"] == "stopped"
+  assert trial.state == optuna.trial.TrialState.PRUNED
+  assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6, 14]
+  assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
+  status = metrics_lib.read_status(trial.user_attrs["workdir"])
+  assert status["status"] == "stopped" and status["phase"] == 2
 
-  seen.clear()
+  seen = []
   summary = runners.run(config, str(tmp_path / "full"), callback=lambda s, m: seen.append(
       (s, m)) and False)
   assert summary["status"] == "completed"

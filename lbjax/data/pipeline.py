@@ -28,11 +28,6 @@ from lbjax.errors import ConfigError
 Batch = dict[str, np.ndarray]
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> float:
-  """Optimizer steps per pass over the data, ``N / B`` (below 1 when ``B > N``)."""
-  return num_examples / batch_size
-
-
 @functools.lru_cache(maxsize=16)
 def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples)

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from lbjax import dotted
 from lbjax.errors import ConfigError
 from lbjax.errors import check_choice
 
@@ -80,22 +81,6 @@ def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return hpo
 
 
-def get(config, key: str):
-  """``config.<key>`` for a dotted ``key``."""
-  value = config
-  for part in key.split("."):
-    value = value[part]
-  return value
-
-
-def _set(config, key: str, value) -> None:
-  *path, last = key.split(".")
-  target = config
-  for part in path:
-    target = target[part]
-  target[last] = value
-
-
 def validate_search_space(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first bad entry of ``config.search_space``."""
   space = config.get("search_space")
@@ -110,7 +95,7 @@ def validate_search_space(config: ml_collections.ConfigDict) -> None:
     if key.split(".")[0] in ("search_space", "hpo"):
       raise ConfigError(f"{where}.key", f"{key!r} is not a training hyperparameter")
     try:
-      get(config, key)
+      dotted.get(config, key)
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(f"{where}.key", f"config.{key} does not exist") from None
     check_choice(f"{where}.type", entry.get("type"), PARAM_TYPES)
@@ -151,7 +136,7 @@ def trial_config(config: ml_collections.ConfigDict, params: dict[str, Any]
   for name, value in params.items():
     key = config.search_space[name].key
     try:
-      _set(out, key, value)
+      dotted.assign(out, key, value)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.search_space.{name}.type",
                         f"value {value!r} does not fit config.{key}: {e}") from None

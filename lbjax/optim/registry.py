@@ -34,6 +34,7 @@ import ml_collections
 from ml_collections import config_dict
 import optax
 
+from lbjax import dotted
 from lbjax import schedules
 from lbjax.errors import ConfigError
 from lbjax.errors import check_choice
@@ -172,14 +173,11 @@ def switch_blocks(config: ml_collections.ConfigDict, overrides: Mapping[str, Any
   kept_rate = []
   for path in BLOCKS:
     name = overrides.get(f"{path}.name")
-    *parents, last = path.split(".")
-    parent = config
-    for part in parents:
-      parent = parent.get(part)
-      if not isinstance(parent, ml_collections.ConfigDict):
-        break
-    if (name is None or path in overrides or not isinstance(parent, ml_collections.ConfigDict)
-        or last not in parent):
+    try:
+      parent, last = dotted.parent(config, path)
+    except KeyError:  # a config without this block (no config.swap)
+      continue
+    if name is None or path in overrides or last not in parent:
       continue
     before = parent[last].get("name") if names_before is None else names_before.get(path)
     if name == before:
