@@ -277,12 +277,12 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> 
                       f"must be None or a positive divisor of the per-device batch {per_device} "
                       f"(batch_size {config.batch_size} over {device_count} devices), "
                       f"got {micro!r}")
-  for token in augment.validate_mode(config.augment):
-    group = augment.AUGMENTATIONS[token].group_size
-    if micro % group:
-      raise ConfigError("config.micro_batch_size",
-                        f"augment token {token!r} mixes examples within groups of {group} rows, "
-                        f"which must not straddle micro-batches; got {micro}")
+  bad = augment.straddling(config.augment, micro)
+  if bad is not None:
+    token, group = bad
+    raise ConfigError("config.micro_batch_size",
+                      f"augment token {token!r} mixes examples within groups of {group} rows, "
+                      f"which must not straddle micro-batches; got {micro}")
 
 
 def forward_batch(config: ml_collections.ConfigDict, device_count: int) -> tuple[int, str]:

@@ -115,13 +115,12 @@ def validate_noise_scale(config: ml_collections.ConfigDict, *, device_count: int
   except ValueError as e:
     raise ConfigError("config.log_noise_scale", str(e)) from None
   if device_count == 1 and 2 * b_small == config.batch_size:  # the halves (or 2 micro-batches)
-    half = b_small
-    for token in augment.validate_mode(config.augment):
-      group = augment.AUGMENTATIONS[token].group_size
-      if half % group:
-        raise ConfigError("config.log_noise_scale",
-                          f"on one device the batch is split in two halves of {half}, and "
-                          f"augment token {token!r} mixes groups of {group} rows across them")
+    bad = augment.straddling(config.augment, b_small)
+    if bad is not None:
+      token, group = bad
+      raise ConfigError("config.log_noise_scale",
+                        f"on one device the batch is split in two halves of {b_small}, and "
+                        f"augment token {token!r} mixes groups of {group} rows across them")
 
 
 def total_steps(num_epochs: float, num_examples: int, batch_size: int) -> int:

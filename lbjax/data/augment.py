@@ -143,19 +143,29 @@ def validate_mode(mode: str) -> tuple[str, ...]:
   return tuple(tokens)
 
 
+def straddling(mode: str, rows: int) -> tuple[str, int] | None:
+  """``(token, group_size)`` of the first op of ``mode`` whose aligned groups of rows would
+  straddle pieces of ``rows`` rows (a device's batch, a micro-batch, a half), else None."""
+  for token in validate_mode(mode):
+    group = AUGMENTATIONS[token].group_size
+    if rows % group:
+      return token, group
+  return None
+
+
 def validate_batch(mode: str, per_device_batch: int) -> None:
   """Checks that the per-device batch holds whole groups of every mixing op in ``mode``.
 
   Raises:
     ConfigError: (``config.batch_size``) it is not a multiple of an op's ``group_size``.
   """
-  for token in validate_mode(mode):
-    group = AUGMENTATIONS[token].group_size
-    if per_device_batch % group:
-      raise ConfigError("config.batch_size",
-                        f"augment token {token!r} mixes examples within groups of {group} rows "
-                        f"that must not straddle a device, so the per-device batch must be a "
-                        f"multiple of {group}; got {per_device_batch} per device")
+  bad = straddling(mode, per_device_batch)
+  if bad is not None:
+    token, group = bad
+    raise ConfigError("config.batch_size",
+                      f"augment token {token!r} mixes examples within groups of {group} rows "
+                      f"that must not straddle a device, so the per-device batch must be a "
+                      f"multiple of {group}; got {per_device_batch} per device")
 
 
 def _salt(token: str, occurrence: int) -> int:
