@@ -63,24 +63,6 @@ def _take(tree, k):
   return jax.tree.map(lambda x: np.asarray(x)[k], tree)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-  """JAX's persistent compilation cache, for this module only: the normal runs of replicas
-  0..K-1, built from K configs, are one program when the seed is data (as `lbjax.step` makes it),
-  so they compile once; a step that captured its config's seed would compile (and differ) per
-  replica. The cache keys on the program and the devices, never skipping a compile that differs.
-  """
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  before = {key: getattr(jax.config, key) for key in keys}
-  jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update(keys[1], 0)
-  jax.config.update(keys[2], -1)
-  yield
-  for key, value in before.items():
-    jax.config.update(key, value)
-
-
 def _phase1_state(config, data):
   """Phase-1 weights: the initial state of phase 1's model (any weights serve the comparison)."""
   return jax.device_get(step_lib.build(swap.phase1_config(config), data).init_state())
