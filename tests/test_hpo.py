@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
+from tests.test_workdir import _hold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -337,6 +339,37 @@ def test_sqlite_study_completes_n_trials_prunes_records_divergence_and_reports(t
   for name in pngs:
     with open(os.path.join(out, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+
+def test_worker_skips_a_trial_whose_workdir_another_process_holds(tmp_path, capsys):
+  """Issue 19: a trial whose workdir a live process owns is skipped (FAIL, 'workdir in use'), its
+  workdir untouched, and a new trial takes its place in the budget."""
+  workdir = str(tmp_path)
+  storage = storage_lib.default_storage(workdir)
+  config = tiny_config(num_epochs=0.5, eval_every_epochs=0.5)
+  settings = space_lib.settings(config)
+  study = worker.load_or_create_study(config, "sgd_32", storage_lib.open_storage(storage, settings),
+                                      settings)
+  for _ in range(2):
+    study.enqueue_trial(GOOD)
+  held = os.path.join(workdir, "sgd_32", "trial_0")
+  holder = _hold(held)
+  try:
+    counts = worker.run_worker(config, study_name="sgd_32", trials=1, workdir=workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert counts == {"complete": 1, "pruned": 0, "diverged": 0, "failed": 1, "running": 0,
+                    "waiting": 0}
+  trials = by_number(optuna.load_study(study_name="sgd_32", storage=storage))
+  assert trials[0].state == TrialState.FAIL
+  assert trials[0].user_attrs["status"] == "workdir in use"
+  assert os.listdir(held) == [".lock"]  # the holder's lock file; the skipped trial wrote nothing
+  assert trials[1].state == TrialState.COMPLETE
+  assert trials[1].user_attrs["workdir"].endswith(os.path.join("sgd_32", "trial_1"))
+  out = capsys.readouterr().out
+  assert re.search(r"lbjax.hpo: trial 0 skipped: its workdir is in use by process \d+ on ", out), out
 
 
 # --- PostgreSQL: worker processes sharing one study -----------------------------------------------
