@@ -104,6 +104,16 @@ def switch_optimizers(flag_values: flags.FlagValues = FLAGS) -> None:
           f"--config.{path}.learning_rate for {block.name}", file=sys.stderr, flush=True)
 
 
+def failure_lines(e: WriteFailure) -> list[str]:
+  """What the launcher prints on a storage failure: the one line, and a second one only when
+  ``status.json`` could not be written either (it then still shows the run's last status)."""
+  lines = [f"lbjax: error: {e.line()}"]
+  if e.status_error is not None:
+    lines.append(f"lbjax: error: status.json could not be written either ({e.status_error}); "
+                 "it does not say failed")
+  return lines
+
+
 def main(argv, flag_values: flags.FlagValues = FLAGS):
   fv = flag_values
   if len(argv) > 1:
@@ -124,10 +134,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
   except ConfigError as e:
     sys.exit(f"lbjax: error: {e}")
   except WriteFailure as e:  # a full disk, a quota, permissions: one line, status.json "failed"
-    print(f"lbjax: error: {e.line()}", file=sys.stderr, flush=True)
-    if e.status_error is not None:
-      print(f"lbjax: error: status.json could not be written either ({e.status_error}); it does "
-            "not say failed", file=sys.stderr, flush=True)
+    for line in failure_lines(e):
+      print(line, file=sys.stderr, flush=True)
     sys.exit(WriteFailure.EXIT_CODE)
   if summary["status"] == "diverged":
     sys.exit(3)

@@ -1,5 +1,6 @@
 """The workdir lock (one owner, a dead owner never blocks) and the storage-error classifier."""
 
+import builtins
 import errno
 import os
 import signal
@@ -7,8 +8,12 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import pytest
 
+from lbjax import loop
+from lbjax import main
+from lbjax import metrics as metrics_lib
 from lbjax import workdir as workdir_lib
 
 HOLDER = textwrap.dedent("""
@@ -75,3 +80,32 @@ def test_flattened_message_is_recognised_and_other_errors_pass_through():
   assert workdir_lib.classify(OSError(errno.ENOENT, "No such file or directory")) is None
   with pytest.raises(KeyError), workdir_lib.writing("metrics"):
     raise KeyError("a bug, not the disk")
+
+
+def test_a_status_file_that_cannot_be_written_is_said_on_stderr(tmp_path, monkeypatch):
+  """Issue 19 item 2: the workdir turns read-only mid-run. The failed write is reported in one
+  line; the status file, which cannot say ``failed`` now, keeps its last status, and the
+  launcher says so in a second line."""
+  workdir = str(tmp_path / "run")
+  rec = loop.Recorder(workdir, keep=2, primary=True, async_save=False)
+  rec.write_status("running", 7)
+  real_open = builtins.open
+
+  def read_only(path, mode="r", *args, **kwargs):  # EROFS for every write, reads pass
+    if any(m in mode for m in "wax+"):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    return real_open(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "open", read_only)
+  with pytest.raises(workdir_lib.WriteFailure) as e:
+    rec.write_config(ml_collections.ConfigDict({"seed": 0}))
+  monkeypatch.undo()
+  reason = os.strerror(errno.EROFS)
+  assert e.value.status_error == reason
+  assert metrics_lib.read_status(workdir) == {"status": "running", "step": 7,
+                                              "checkpoint_step": None}
+  config_path = os.path.join(workdir, "config.json")
+  assert main.failure_lines(e.value) == [
+      (f"lbjax: error: config in {config_path}: {reason}; there is no complete checkpoint; "
+       "rerun to start again"),
+      f"lbjax: error: status.json could not be written either ({reason}); it does not say failed"]
