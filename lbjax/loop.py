@@ -77,7 +77,8 @@ class Recorder:
   A storage error of any of these writes (full disk, quota, permissions, read-only, I/O) ends
   here: the checkpointer is shut down without touching the complete checkpoints, ``status.json``
   becomes ``failed`` with the ``error`` and ``checkpoint_step``, and a
-  `lbjax.workdir.WriteFailure` carrying them is raised for the launcher's one line.
+  `lbjax.workdir.WriteFailure` carrying them is raised for the launcher's one line. Other files
+  of the run (SWAP's phase-3 model) are written under `writing` to end the same way.
   """
 
   def __init__(self, workdir: str, *, keep: int, checkpoint_dir: str | None = None,
@@ -92,15 +93,16 @@ class Recorder:
     self.checkpointer = None
     self.writer = None
     ckpt_dir = checkpoint_dir or os.path.join(workdir, "checkpoints")
-    with self._writing(f"checkpoints in {ckpt_dir}"):
+    with self.writing(f"checkpoints in {ckpt_dir}"):
       os.makedirs(workdir, exist_ok=True)
       self.checkpointer = checkpoint_lib.Checkpointer(ckpt_dir, keep=keep, async_save=async_save)
-    with self._writing(f"TensorBoard events in {workdir}"):
+    with self.writing(f"TensorBoard events in {workdir}"):
       self.writer = metrics_lib.MetricWriter(workdir, enabled=self.primary)
 
   @contextlib.contextmanager
-  def _writing(self, what: str):
-    """`lbjax.workdir.writing`, then `fail` on a storage error."""
+  def writing(self, what: str):
+    """`lbjax.workdir.writing` (``what``: the file being written), then `fail` on a storage
+    error."""
     try:
       with workdir_lib.writing(what):
         yield
@@ -139,7 +141,7 @@ class Recorder:
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.primary:
       path = os.path.join(self.workdir, "config.json")
-      with self._writing(f"config in {path}"), open(path, "w") as f:
+      with self.writing(f"config in {path}"), open(path, "w") as f:
         f.write(config.to_json(indent=1))
 
   def restore(self, template) -> tuple[int | None, Any]:
@@ -148,7 +150,7 @@ class Recorder:
     restored_step, tree = self.checkpointer.restore_latest(template)
     self.checkpoint_step = restored_step
     self._step = restored_step or 0
-    with self._writing("metrics"):
+    with self.writing("metrics"):
       self.writer.truncate_after(restored_step or 0)
     return restored_step, tree
 
@@ -156,10 +158,10 @@ class Recorder:
     self._step = step
     where = self.checkpointer.directory
     if self._pending is not None:  # an error of the previous asynchronous save surfaces here
-      with self._writing(f"checkpoint step {self._pending} in {where}"):
+      with self.writing(f"checkpoint step {self._pending} in {where}"):
         self.checkpointer.wait()
       self.checkpoint_step, self._pending = self._pending, None
-    with self._writing(f"checkpoint step {step} in {where}"):
+    with self.writing(f"checkpoint step {step} in {where}"):
       self.checkpointer.save(step, tree)
     self._pending = step
     if self._running is not None:
@@ -167,14 +169,14 @@ class Recorder:
 
   def write_metrics(self, step: int, metrics: dict, prefix: str = "") -> None:
     self._step = max(self._step, step)
-    with self._writing("metrics"):
+    with self.writing("metrics"):
       self.writer.write(step, metrics, prefix=prefix)
 
   def write_status(self, status: str, step: int, **fields) -> None:
     if status == "running":
       self._running = fields
     if self.primary:
-      with self._writing("status"):
+      with self.writing("status"):
         metrics_lib.write_status(self.workdir, status, step,
                                  **{**self.status_fields, **fields,
                                     "checkpoint_step": self.checkpoint_step})
@@ -183,11 +185,11 @@ class Recorder:
     where = self.checkpointer.directory
     what = (f"checkpoint step {self._pending} in {where}" if self._pending is not None
             else f"checkpoints in {where}")
-    with self._writing(what):
+    with self.writing(what):
       self.checkpointer.close()
     if self._pending is not None:
       self.checkpoint_step, self._pending = self._pending, None
-    with self._writing("TensorBoard events"):
+    with self.writing("TensorBoard events"):
       self.writer.close()
 
 

@@ -420,20 +420,22 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return finish(status, 2, step, **phase1)
   states = replicas.host_states()
 
-  # Phase 3: the average of the replicas, BatchNorm recomputed.
-  ckpt3 = checkpoint_lib.Checkpointer(os.path.join(workdir, "phase3", "checkpoints"), keep=1,
-                                      async_save=False)
-  restored3, model = ckpt3.restore_latest({"params": jax.tree.map(lambda x: x[0], states.params),
-                                           "batch_stats": template_stats})
-  if restored3 is None:
-    print("lbjax: SWAP phase 3: averaging the replicas and recomputing BatchNorm", flush=True)
-    model = {"params": averaged_weights(states, use_swa=swa.enabled(config))}
-    results, model["batch_stats"] = evaluate_average(model["params"])
-    ckpt3.save(0, model)
-  else:  # a finished run, rerun: the same model, evaluated again
-    results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
-                                         step_lib.replicate(model["batch_stats"]))
-  ckpt3.close()
+  # Phase 3: the average of the replicas, BatchNorm recomputed. A storage error writing it ends
+  # the run as one of phase 2's writes would (status failed, phase 2's last complete checkpoint).
+  ckpt3_dir = os.path.join(workdir, "phase3", "checkpoints")
+  with rec.writing(f"SWAP phase 3's averaged model in {ckpt3_dir}"):
+    ckpt3 = checkpoint_lib.Checkpointer(ckpt3_dir, keep=1, async_save=False)
+    restored3, model = ckpt3.restore_latest(
+        {"params": jax.tree.map(lambda x: x[0], states.params), "batch_stats": template_stats})
+    if restored3 is None:
+      print("lbjax: SWAP phase 3: averaging the replicas and recomputing BatchNorm", flush=True)
+      model = {"params": averaged_weights(states, use_swa=swa.enabled(config))}
+      results, model["batch_stats"] = evaluate_average(model["params"])
+      ckpt3.save(0, model)
+    else:  # a finished run, rerun: the same model, evaluated again
+      results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
+                                           step_lib.replicate(model["batch_stats"]))
+    ckpt3.close()
   for key, each in evaluate_replicas(exp, states).items():
     results.update({f"replica_{key}": each, f"replica_mean_{key}": float(np.mean(each))})
   results.update(train.result_keys(results, use_swa=False))

@@ -1,6 +1,7 @@
 """SWAP: each replica is the normal run of its phase-2 config, on any layout; averaging; resume;
 the callback through every phase."""
 
+import errno
 import os
 import shutil
 
@@ -17,6 +18,7 @@ from lbjax import metrics as metrics_lib
 from lbjax import runners
 from lbjax import step as step_lib
 from lbjax import swap
+from lbjax import workdir as workdir_lib
 from lbjax.errors import ConfigError
 from lbjax.hpo import worker
 from lbjax.optim import registry
@@ -204,7 +206,7 @@ def _replicas(workdir, config):
   return step, tree
 
 
-def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
+def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys, monkeypatch):
   workdir = str(tmp_path / "swap")
   config = tiny_config()
   summary = runners.run(config, workdir)  # the launcher's call: dispatches to SWAP
@@ -249,6 +251,31 @@ def test_all_phases_run_and_an_interrupted_phase2_resumes(tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, again, final)
   for key in ("test_accuracy", "test_loss", "replica_test_accuracy"):
     assert resumed[key] == pytest.approx(status[key], abs=1e-6), key
+
+  # The disk fills while phase 3 writes the averaged model: one failure naming it, status failed
+  # with phase 2's last checkpoint; the rerun after the fault gives the same model.
+  shutil.rmtree(os.path.join(workdir, "phase3"))
+  save = checkpoint_lib.Checkpointer.save
+
+  def full_disk(self, step, tree):
+    if "phase3" in str(self.directory):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save(self, step, tree)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", full_disk)
+  with pytest.raises(workdir_lib.WriteFailure) as failure:
+    runners.run(config, workdir)
+  monkeypatch.undo()
+  ckpt3_dir = os.path.join(workdir, "phase3", "checkpoints")
+  assert failure.value.line() == (f"SWAP phase 3's averaged model in {ckpt3_dir}: No space left "
+                                  f"on device; the last complete checkpoint is step {final_step}; "
+                                  "rerun to resume")
+  failed = metrics_lib.read_status(workdir)
+  assert failed["status"] == "failed" and failed["checkpoint_step"] == final_step
+  again = runners.run(config, workdir)
+  assert again["status"] == "completed"
+  for key in ("test_accuracy", "test_loss", "replica_test_accuracy"):
+    assert again[key] == pytest.approx(status[key], abs=1e-6), key
 
 
 def test_an_hpo_study_over_a_swap_config_reports_every_phase_and_prunes(tmp_path):
