@@ -5,13 +5,7 @@ import sys
 
 # A loaded machine can delay one simulated device past XLA's default collective timeout, which
 # aborts the process (SIGABRT) with no Python traceback; give collectives 20 minutes instead.
-# The tests' programs are tiny and compiled once or twice each, so compiling dominates: LLVM's
-# optimization level 0 makes the heavy tests about 30% faster on 2 cores (measured: 260 vs 181 s
-# for the digits study, K-FAC 1-vs-4-device and sharpness tests). XLA's own graph passes still run;
-# every comparison a test makes is between programs compiled with the same flags.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200 "
-                      "--xla_backend_optimization_level=0")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Four simulated devices on two cores can deadlock in an all-reduce unless XLA:CPU's thread pool
 # has spare threads (lbjax/__init__.py explains); subprocesses inherit this.
