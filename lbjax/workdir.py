@@ -11,6 +11,9 @@ The pid, host and start time written into the file are only for the message.
 (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EROFS``, ``EIO``, also when a library such as orbax wraps
 it in its own exception) and `writing` turns it into `WriteFailure`, which names what was being
 written; the runner adds the last complete checkpoint and ends the run with status ``failed``.
+`quiet_storage_errors` keeps the libraries' own reports of that error (orbax's and asyncio's
+error logs, tensorstore's late completions of the failed save's other writes) off stderr, so the
+launcher's line is the one the user reads.
 """
 
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ import json
 import logging
 import os
 import socket
+import sys
+import traceback
 
 from typing_extensions import Self
 
@@ -186,20 +191,64 @@ def writing(what: str) -> Iterator[None]:
 
 
 class _StorageErrorLogFilter(logging.Filter):
-  """Drops orbax's error logs (tracebacks of its background save threads) whose error is a
-  storage error: the run reports it as `WriteFailure`, in one line."""
+  """Drops the error logs of a storage error that the run reports as `WriteFailure`, in one
+  line: orbax's (tracebacks of its background save threads) and asyncio's ``Task exception was
+  never retrieved`` (the failed save's other writes, when garbage-collected)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+    if record.levelno < logging.ERROR:
+      return True
+    if record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     if record.exc_info and record.exc_info[1] is not None and classify(record.exc_info[1]):
       return False
     return classify(Exception(record.getMessage())) is None
 
 
+def is_late_completion(exc: BaseException, tb, obj) -> bool:
+  """Whether an unraisable exception is a native future's completion arriving after its event
+  loop was closed.
+
+  When one write of an orbax save fails (a full disk), orbax's background event loop ends with
+  that error and is closed while tensorstore's other writes of the same, already failed save
+  are still in flight; each of them, on completing, calls the closed loop's
+  ``call_soon_threadsafe`` from native code, which raises ``RuntimeError('Event loop is
+  closed')`` with no Python caller (tensorstore reports it as unraisable, ``object`` None). The
+  save's failure itself reaches the run through orbax (`WriteFailure`); these carry nothing
+  more. Recognised exactly: that error, raised in asyncio's ``call_soon_threadsafe`` as the
+  outermost frame.
+  """
+  if type(exc) is not RuntimeError or str(exc) != "Event loop is closed" or obj is not None:
+    return False
+  frames = traceback.extract_tb(tb)
+  return bool(frames) and frames[0].name == "call_soon_threadsafe" and (
+      frames[0].filename.endswith(os.path.join("asyncio", "base_events.py")))
+
+
+class _LateCompletionHook:
+  """``sys.unraisablehook`` that drops `is_late_completion` reports (logged at INFO, counted
+  in ``dropped``) and passes every other one to the hook it replaced."""
+
+  def __init__(self, previous):
+    self.previous = previous
+    self.dropped = 0
+
+  def __call__(self, args) -> None:
+    if is_late_completion(args.exc_value, args.exc_traceback, args.object):
+      self.dropped += 1
+      logging.getLogger(__name__).info("dropped a write's completion that arrived after its "
+                                       "event loop was closed (%d so far)", self.dropped)
+      return
+    self.previous(args)
+
+
 def quiet_storage_errors(logger: logging.Logger | None = None) -> None:
-  """Installs the filter on absl's logger (orbax logs there); the launcher calls it."""
+  """Keeps a storage error to the launcher's one line: installs the filter on absl's logger
+  (orbax logs there) and asyncio's, and `_LateCompletionHook` as ``sys.unraisablehook`` (the completions of a
+  failed save's other writes). Idempotent; the launcher calls it."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  logger = logger or absl_logging.get_absl_logger()
-  if not any(isinstance(f, _StorageErrorLogFilter) for f in logger.filters):
-    logger.addFilter(_StorageErrorLogFilter())
+  for log in (logger or absl_logging.get_absl_logger(), logging.getLogger("asyncio")):
+    if not any(isinstance(f, _StorageErrorLogFilter) for f in log.filters):
+      log.addFilter(_StorageErrorLogFilter())
+  if not isinstance(sys.unraisablehook, _LateCompletionHook):
+    sys.unraisablehook = _LateCompletionHook(sys.unraisablehook)

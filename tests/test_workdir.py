@@ -1,15 +1,19 @@
 """The workdir lock (one owner, a dead owner never blocks) and the storage-error classifier."""
 
+import asyncio
 import builtins
 import errno
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import ml_collections
 import pytest
+import tensorstore as ts
 
 from lbjax import loop
 from lbjax import main
@@ -80,6 +84,61 @@ def test_flattened_message_is_recognised_and_other_errors_pass_through():
   assert workdir_lib.classify(OSError(errno.ENOENT, "No such file or directory")) is None
   with pytest.raises(KeyError), workdir_lib.writing("metrics"):
     raise KeyError("a bug, not the disk")
+
+
+def test_late_completions_of_a_failed_save_are_dropped_and_other_unraisables_kept(monkeypatch):
+  """A tensorstore future completing after the event loop awaiting it was closed (what the
+  other writes of a save failed by a full disk do) is dropped; any other unraisable exception,
+  the same error from Python code included, reaches the previous hook."""
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  workdir_lib.quiet_storage_errors()
+  workdir_lib.quiet_storage_errors()  # idempotent: one hook, not two
+  hook = sys.unraisablehook
+  assert isinstance(hook, workdir_lib._LateCompletionHook) and hook.previous == seen.append
+
+  promise, future = ts.Promise.new()
+
+  async def wait():
+    await future
+
+  loop = asyncio.new_event_loop()
+  task = loop.create_task(wait())
+  loop.run_until_complete(asyncio.sleep(0.01))  # the task now awaits the tensorstore future
+  loop.close()
+  promise.set_result(1)  # tensorstore calls the closed loop's call_soon_threadsafe
+  assert hook.dropped == 1 and seen == [], seen
+  del task
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)  # the same error, raised with a Python caller
+  except RuntimeError as e:
+    err = e
+  hook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=err,
+                             exc_traceback=err.__traceback__, err_msg=None, object=None))
+  other = ValueError("Event loop is closed")
+  hook(types.SimpleNamespace(exc_type=ValueError, exc_value=other, exc_traceback=None,
+                             err_msg=None, object=None))
+  assert [a.exc_value for a in seen] == [err, other] and hook.dropped == 1
+
+
+def test_storage_error_logs_of_orbax_and_asyncio_are_dropped_others_kept():
+  log_filter = workdir_lib._StorageErrorLogFilter()
+  full = ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")
+
+  def record(name, path, exc, level=logging.ERROR):
+    return logging.LogRecord(name, level, path, 1, "Task exception was never retrieved", (),
+                             (type(exc), exc, None))
+
+  asyncio_path = os.path.join("asyncio", "base_events.py")
+  orbax_path = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+  assert not log_filter.filter(record("asyncio", asyncio_path, full))
+  assert not log_filter.filter(record("absl", orbax_path, full))
+  assert log_filter.filter(record("asyncio", asyncio_path, KeyError("a bug")))
+  assert log_filter.filter(record("absl", "/work/lbjax/loop.py", full))  # not a library's log
+  assert log_filter.filter(record("asyncio", asyncio_path, full, level=logging.WARNING))
 
 
 def test_a_status_file_that_cannot_be_written_is_said_on_stderr(tmp_path, monkeypatch):
