@@ -244,8 +244,8 @@ class _LateCompletionHook:
 
 def quiet_storage_errors(logger: logging.Logger | None = None) -> None:
   """Keeps a storage error to the launcher's one line: installs the filter on absl's logger
-  (orbax logs there) and asyncio's, and `_LateCompletionHook` as ``sys.unraisablehook`` (the completions of a
-  failed save's other writes). Idempotent; the launcher calls it."""
+  (orbax logs there) and asyncio's, and `_LateCompletionHook` as ``sys.unraisablehook`` (the
+  completions of a failed save's other writes). Idempotent; the launcher calls it."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   for log in (logger or absl_logging.get_absl_logger(), logging.getLogger("asyncio")):
     if not any(isinstance(f, _StorageErrorLogFilter) for f in log.filters):

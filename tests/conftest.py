@@ -19,9 +19,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # or by another run of the same config) is read from disk instead (a quickstart run: 16 s -> 8 s).
 # Every compile is cached (no minimum time or size). tests/test_compile.py turns it off to count
 # compilations.
-_CACHE = tempfile.mkdtemp(prefix="lbjax-tests-jax-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lbjax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 

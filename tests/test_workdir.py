@@ -92,6 +92,8 @@ def test_late_completions_of_a_failed_save_are_dropped_and_other_unraisables_kep
   the same error from Python code included, reaches the previous hook."""
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  for log in (logging.getLogger("absl"), logging.getLogger("asyncio")):  # filters restored after
+    monkeypatch.setattr(log, "filters", list(log.filters))
   workdir_lib.quiet_storage_errors()
   workdir_lib.quiet_storage_errors()  # idempotent: one hook, not two
   hook = sys.unraisablehook
@@ -102,18 +104,18 @@ def test_late_completions_of_a_failed_save_are_dropped_and_other_unraisables_kep
   async def wait():
     await future
 
-  loop = asyncio.new_event_loop()
-  task = loop.create_task(wait())
-  loop.run_until_complete(asyncio.sleep(0.01))  # the task now awaits the tensorstore future
-  loop.close()
+  event_loop = asyncio.new_event_loop()
+  task = event_loop.create_task(wait())
+  event_loop.run_until_complete(asyncio.sleep(0.01))  # the task now awaits the tensorstore future
+  event_loop.close()
   promise.set_result(1)  # tensorstore calls the closed loop's call_soon_threadsafe
   assert hook.dropped == 1 and seen == [], seen
   del task
 
-  loop = asyncio.new_event_loop()
-  loop.close()
+  event_loop = asyncio.new_event_loop()
+  event_loop.close()
   try:
-    loop.call_soon_threadsafe(print)  # the same error, raised with a Python caller
+    event_loop.call_soon_threadsafe(print)  # the same error, raised with a Python caller
   except RuntimeError as e:
     err = e
   hook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=err,
