@@ -118,4 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   c.progress_bar = True
+  # "A:B": a jax.profiler trace of steps A..B (1-based) under WORKDIR/profile, for TensorBoard's
+  # profile plugin or Perfetto (ui.perfetto.dev). None: no trace. Resumable.
+  c.profile_steps = config_dict.placeholder(str)
   return c

@@ -36,8 +36,8 @@ mixes aligned row pairs, so the augmented batch is the same when micro-batches h
 The micro-batches run in one of two ways, ``config.accumulation`` (:data:`MODES`):
 
 * ``"scan"`` (:func:`scan_step`): a ``lax.scan`` inside the one compiled train step.
-* ``"host"`` (:func:`host_step`): the host dispatches ``n`` pmapped micro-steps, each adding its
-  terms into a sum kept on device, then one pmapped update. Same arithmetic, ``n + 2`` dispatches.
+* ``"host"`` (:func:`host_step`): the host dispatches ``n`` micro-step programs, each adding
+  its terms into a sum kept on device, then one update program. Same arithmetic, ``n + 2`` dispatches.
 * ``"auto"``: :data:`AUTO` by backend. On XLA:CPU (jax 0.10.2) ``host`` is 2.6-6x faster than
   ``scan``, whose loop body keeps the weight-gradient convolutions in a layout the CPU backend
   runs slowly (``benchmarks/accumulation.py``); elsewhere ``scan`` (one dispatch; not measured
@@ -55,7 +55,8 @@ logging the noise scale changes training in exactly that case (one device, no mi
 a model with BatchNorm), and in no other.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -64,6 +65,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lbjax import mesh as mesh_lib
 from lbjax.data import augment
 from lbjax.errors import ConfigError
 from lbjax.errors import check_choice
@@ -192,46 +194,51 @@ def scan_step(parts: StepParts, micro_batch_size: int | None, *, halves: bool = 
   return train_step
 
 
-def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
-              devices: Sequence[jax.Device] | None = None, halves: bool = False) -> Callable:
-  """A host-level train step ``(state, batch) -> (state, metrics)`` made of pmapped pieces.
+def host_step(parts: StepParts, micro_batch_size: int | None, *, mesh: jax.sharding.Mesh,
+              halves: bool = False) -> Callable:
+  """A host-level train step ``(state, batch) -> (state, metrics)`` made of SPMD pieces.
 
-  ``state`` is replicated over ``devices`` and ``batch`` is ``[devices, b, ...]`` (host or
-  device arrays), as for ``jax.pmap`` of the per-device step. The host loops over the ``n``
-  micro-batches: each pmapped micro-step slices its rows of the device-resident batch, computes
-  ``parts.terms`` and adds them into a sum on device (donated, updated in place); one pmapped
+  ``state`` is replicated over ``mesh`` and ``batch`` sharded over its ``"batch"`` axis
+  (`lbjax.mesh`), as for the one-program step. The host loops over the ``n`` micro-batches:
+  each micro-step (``jit(shard_map(...))``) slices its rows of every device's shard, computes
+  ``parts.terms`` and adds them into a sum kept on device (donated, updated in place); one
   ``parts.apply`` of the mean then takes the optimizer update (``state`` is donated). Dispatch
   is asynchronous, so the loop does not wait for the device. A batch that needs no
-  micro-batches runs as one pmapped :func:`scan_step` (with ``halves``, see there).
+  micro-batches runs as one :func:`scan_step` program (with ``halves``, see there).
   """
-  pmap = lambda f, **kw: jax.pmap(f, axis_name=axis_name, devices=devices, **kw)
-  local = jax.local_devices() if devices is None else list(devices)
-  # The sharding pmap gives its outputs (mesh axis `axis_name`), so nothing compiles twice.
-  replicated = jax.NamedSharding(jax.sharding.Mesh(np.array(local), (axis_name,)),
-                                 jax.P(axis_name))
+  axis_name = mesh_lib.AXIS
+  rep, rows = mesh_lib.P(), mesh_lib.P(axis_name)
+  launch = functools.partial(mesh_lib.data_parallel, mesh=mesh)
 
   def like(state, batch, size):  # shapes and dtypes of one micro-batch's terms
     return jax.eval_shape(lambda s, b: parts.terms(s, micro_batch(b, 0, size)), state, batch)
 
-  p_zeros = pmap(lambda state, batch, size: zeros_like_sum(like(state, batch, size)),
-                 static_broadcasted_argnums=(2,))
-  p_add = pmap(lambda total, state, batch, k, size: add(
-      total, parts.terms(state, micro_batch(batch, k, size))),
-               donate_argnums=(0,), static_broadcasted_argnums=(4,))
-  p_apply = pmap(lambda state, total, batch, size, n: parts.apply(
-      state, mean_of_sum(total, n, like(state, batch, size))),
-                 donate_argnums=(0,), static_broadcasted_argnums=(3, 4))
-  p_full = pmap(scan_step(parts, None, halves=halves, axis_name=axis_name),
-                donate_argnums=(0,))
+  # Each device's sums stay its own until `apply`'s pmean: per device a leading axis of 1,
+  # globally [devices, ...] sharded over the device axis.
+  own = lambda tree: jax.tree.map(lambda x: x[None], tree)
+  mine = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  p_zeros = launch(lambda state, batch, size: own(zeros_like_sum(like(state, batch, size))),
+                   in_specs=(rep, rows), out_specs=rows, static_argnums=(2,))
+  p_add = launch(lambda total, state, batch, k, size: own(add(
+      mine(total), parts.terms(state, micro_batch(batch, k, size)))),
+                 in_specs=(rows, rep, rows, rep), out_specs=rows, donate_argnums=(0,),
+                 static_argnums=(4,))
+  p_apply = launch(lambda state, total, batch, size, n: parts.apply(
+      state, mean_of_sum(mine(total), n, like(state, batch, size))),
+                   in_specs=(rep, rows, rows), out_specs=rep, donate_argnums=(0,),
+                   static_argnums=(3, 4))
+  p_full = launch(scan_step(parts, None, halves=halves, axis_name=axis_name),
+                  in_specs=(rep, rows), out_specs=rep, donate_argnums=(0,))
   indices: dict[int, jax.Array] = {}
 
   def index(k: int) -> jax.Array:
     if k not in indices:  # the micro-batch index, replicated once and reused every step
-      indices[k] = jax.device_put(np.full((len(local),), k, np.int32), replicated)
+      indices[k] = mesh_lib.put_replicated(np.int32(k), mesh)
     return indices[k]
 
   def train_step(state, batch):
-    n = num_micro_batches(jax.tree.leaves(batch)[0].shape[1], micro_batch_size)
+    per_device = jax.tree.leaves(batch)[0].shape[0] // mesh.shape[axis_name]
+    n = num_micro_batches(per_device, micro_batch_size)
     if n == 1:
       return p_full(state, batch)
     total = p_zeros(state, batch, micro_batch_size)
@@ -242,20 +249,21 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, axis_name: str,
   return train_step
 
 
-def pmap_train_step(parts: StepParts, micro_batch_size: int | None, mode: str = "auto", *,
-                    axis_name: str, devices: Sequence[jax.Device] | None = None,
-                    halves: bool = False) -> Callable:
-  """The host-level train step over ``devices`` for ``config.accumulation`` ``mode``.
+def launch_train_step(parts: StepParts, micro_batch_size: int | None, mode: str = "auto", *,
+                      mesh: jax.sharding.Mesh, halves: bool = False) -> Callable:
+  """The host-level train step on ``mesh`` for ``config.accumulation`` ``mode``.
 
-  Without accumulation, or with ``"scan"``, it is ``jax.pmap(scan_step(...))`` with the state
-  donated; with ``"host"``, :func:`host_step`. ``halves``: the noise scale's split
+  Without accumulation, or with ``"scan"``, it is ``jit(shard_map(scan_step(...)))`` over
+  ``mesh`` with the state replicated (``P()``, donated) and the batch sharded over
+  ``"batch"``; with ``"host"``, :func:`host_step`. ``halves``: the noise scale's split
   (:func:`scan_step`).
   """
   if micro_batch_size is not None and resolve_mode(mode) == "host":
-    return host_step(parts, micro_batch_size, axis_name=axis_name, devices=devices,
-                     halves=halves)
-  return jax.pmap(scan_step(parts, micro_batch_size, halves=halves, axis_name=axis_name),
-                  axis_name=axis_name, devices=devices, donate_argnums=(0,))
+    return host_step(parts, micro_batch_size, mesh=mesh, halves=halves)
+  return mesh_lib.data_parallel(
+      scan_step(parts, micro_batch_size, halves=halves, axis_name=mesh_lib.AXIS), mesh,
+      in_specs=(mesh_lib.P(), mesh_lib.P(mesh_lib.AXIS)), out_specs=mesh_lib.P(),
+      donate_argnums=(0,))
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> None:

@@ -16,41 +16,63 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
-class Checkpointer:
-  """Save / restore-latest for one pytree, keeping the last ``keep`` steps."""
+def finished_steps(directory: str) -> list[int]:
+  """The steps in ``directory`` whose save finished, by orbax's own listing (a step's temporary
+  directory is renamed to ``<step>`` only once all of it is written); [] if there is none."""
+  try:
+    return sorted(ocp.utils.checkpoint_steps(directory))
+  except (OSError, ValueError):
+    return []
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+
+class Checkpointer:
+  """Save / restore-latest for one pytree.
+
+  Cadence and retention are orbax's (``CheckpointManagerOptions``): a step is due when
+  `should_save` says so (every ``every`` steps, ``save_interval_steps``), and the last ``keep``
+  steps are kept (``max_to_keep``).
+  """
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               every: int | None = None):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True))
+            max_to_keep=keep, save_interval_steps=every or 1, create=True,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def complete_steps(self) -> list[int]:
-    """The steps on disk whose save finished (orbax renames a step's temporary directory to
-    ``<step>`` only once all of it is written), read from the directory, not orbax's memory."""
-    try:
-      names = os.listdir(self.directory)
-    except OSError:
-      return []
-    return sorted(int(name) for name in names if name.isdigit())
+    """The steps on disk whose save finished (`finished_steps`: read from the directory, not
+    the manager's memory of the saves it started)."""
+    return finished_steps(self.directory)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, tree: Any) -> None:
+  def should_save(self, step: int) -> bool:
+    """Whether ``step`` is due by orbax's interval policy (``save_interval_steps``)."""
+    return self._manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process has reached the preemption sync point ``step`` (orbax's
+    ``reached_preemption``: JAX's preemption service under ``jax.distributed``; False in one
+    process)."""
+    return self._manager.reached_preemption(step)
+
+  def save(self, step: int, tree: Any, *, force: bool = True) -> None:
     """Saves ``tree`` (host values) as ``step``.
 
-    The caller decides when to save, so orbax's own interval policy is bypassed (``force``):
-    a save requested while the previous asynchronous one is still writing waits for it
-    instead of being skipped, which matters for the save on preemption.
+    ``force`` (the default: the loop saves where it has decided to, `should_save` or an end)
+    bypasses orbax's interval policy: a save requested while the previous asynchronous one is
+    still writing waits for it instead of being skipped, which matters for the save on
+    preemption.
     """
     tree = jax.tree.map(np.asarray, jax.device_get(tree))
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
 
   def restore(self, step: int, target: Any) -> Any:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target))

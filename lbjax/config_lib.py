@@ -29,7 +29,7 @@ from lbjax.optim import registry
 # ``noise_scale_decay`` is: the loop replays the logged windows with it on resume.)
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
                   "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation",
-                  "noise_scale_decay")
+                  "noise_scale_decay", "profile_steps")
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
@@ -37,6 +37,26 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
   ok = value >= 0 if allow_zero else value > 0
   if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
     raise ConfigError(f"config.{key}", f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def profile_steps(value: str | None) -> tuple[int, int] | None:
+  """``config.profile_steps`` ``"A:B"`` → ``(A, B)``, the steps (1-based, as the loop counts
+  them) of the ``jax.profiler`` trace; None: no trace.
+
+  Raises:
+    ConfigError: naming ``config.profile_steps``.
+  """
+  if value is None or value == "":
+    return None
+  parts = str(value).split(":")
+  try:
+    first, last = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (0, 0)
+  except ValueError:
+    first = last = 0
+  if not 1 <= first <= last:
+    raise ConfigError("config.profile_steps",
+                      f"must be 'A:B' with 1 <= A <= B (the steps to trace), got {value!r}")
+  return first, last
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
@@ -55,6 +75,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs",
               "checkpoint_every_steps", "keep_checkpoints"):
     _positive(config, key)
+  profile_steps(config.get("profile_steps"))
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ConfigError("config.validation_fraction",
                       f"must be in [0, 1), got {config.validation_fraction}")

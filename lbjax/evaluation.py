@@ -11,7 +11,7 @@ the *equal-weight average* over the batches of its batch mean and batch variance
 (``momentum=None``, a cumulative moving average), not an exponential moving average.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 import math
 from typing import Any
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lbjax import mesh as mesh_lib
 from lbjax import step as step_lib
 from lbjax.data import augment
 from lbjax.data import datasets
@@ -27,16 +28,19 @@ from lbjax.data import pipeline
 from lbjax.models import layers
 
 
-def evaluate(p_eval_step, params, batch_stats, split, *, batch_size: int) -> dict[str, float]:
-  """Loss and accuracy over every example of ``split`` (params replicated over the devices)."""
+def evaluate(eval_program, params, batch_stats, split, *, batch_size: int,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """Loss and accuracy over every example of ``split``.
+
+  ``eval_program`` is `lbjax.step.Experiment.eval_program` of ``mesh`` (default: every
+  device); ``params`` and ``batch_stats`` are replicated over ``mesh`` (`lbjax.mesh`)."""
+  mesh = mesh or mesh_lib.data_mesh()
   totals = None
-  for batch in pipeline.eval_batches(split, batch_size=batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     local_device_count=jax.local_device_count()):
-    sums = p_eval_step(params, batch_stats, batch)
+  for batch in mesh_lib.put_batches(pipeline.eval_batches(split, batch_size=batch_size,
+                                                          **mesh_lib.host_shard(mesh)), mesh):
+    sums = eval_program(params, batch_stats, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(jax.tree.map(lambda x: x[0], totals))
+  totals = mesh_lib.to_host(totals)
   count = float(totals["count"])
   return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
 
@@ -49,12 +53,15 @@ def eval_splits(data: datasets.Dataset) -> dict[str, Any]:
   return splits
 
 
-def evaluate_splits(exp: step_lib.Experiment, p_eval_step, params, batch_stats, *,
-                    prefix: str = "") -> dict[str, float]:
-  """``<prefix><split>_loss`` and ``<prefix><split>_accuracy`` on every split of `eval_splits`."""
+def evaluate_splits(exp: step_lib.Experiment, eval_program, params, batch_stats, *,
+                    prefix: str = "", mesh: jax.sharding.Mesh | None = None
+                    ) -> dict[str, float]:
+  """``<prefix><split>_loss`` and ``<prefix><split>_accuracy`` on every split of `eval_splits`
+  (`evaluate` on ``mesh``)."""
   results = {}
   for name, split in eval_splits(exp.data).items():
-    r = evaluate(p_eval_step, params, batch_stats, split, batch_size=exp.config.eval_batch_size)
+    r = evaluate(eval_program, params, batch_stats, split,
+                 batch_size=exp.config.eval_batch_size, mesh=mesh)
     results.update({f"{prefix}{name}_loss": r["loss"], f"{prefix}{name}_accuracy": r["accuracy"]})
   return results
 
@@ -79,7 +86,7 @@ def recompute_batch_stats(moments_fn: Callable, params, batch_stats, batches: It
 
   Args:
     moments_fn: ``(params, batch_stats, batch) -> batch moments`` shaped like ``batch_stats``
-      (e.g. :func:`batch_moments` of a batch, jitted or pmapped).
+      (e.g. :func:`batch_moments` of a batch, jitted or a data-parallel program).
     params: the (averaged) weights.
     batch_stats: current statistics; only their structure is used.
     batches: the data of the pass.
@@ -102,70 +109,71 @@ def recompute_batch_stats(moments_fn: Callable, params, batch_stats, batches: It
 
 def recompute_on_train_data(exp: step_lib.Experiment, params, batch_stats, *,
                             batch_size: int | None = None,
-                            devices: Sequence[jax.Device] | None = None):
+                            mesh: jax.sharding.Mesh | None = None):
   """`recompute_batch_stats` over one pass of ``exp``'s training data.
 
   The pass is ``ceil(N / batch_size)`` consecutive global batches of the training stream of
   ``exp.config.seed`` (every example at least once), augmented as in training, split over the
-  devices with the moments averaged over them (global-batch moments, as in training).
+  devices of ``mesh`` with the moments averaged over them (global-batch moments, as in
+  training).
 
   Args:
     exp: the `lbjax.step.Experiment` of the model.
-    params: weights replicated over the local devices (or ``devices``), leading axis.
+    params: weights replicated over ``mesh``.
     batch_stats: statistics replicated likewise (only their structure is used).
     batch_size: global batch of the pass (default ``exp.config.batch_size``).
-    devices: run on these devices of this process only; default: every device of every process,
-      each process reading its shard of every batch, as the train loop does.
+    mesh: default: every device of every process (`lbjax.mesh.data_mesh`), each process
+      reading its rows of every batch, as the train loop does.
 
   Returns:
-    The recomputed statistics, replicated like ``params``.
+    The recomputed statistics, replicated over ``mesh``.
   """
   config, data = exp.config, exp.data
   batch_size = batch_size or config.batch_size
+  mesh = mesh or mesh_lib.data_mesh()
   mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
 
   def moments(params, batch_stats, batch):
-    keys = step_lib.step_keys(config.seed, batch["step"], batch["position"])
+    keys = step_lib.step_keys(config.seed, batch["step"][0], batch["position"])
     images, _ = augment.apply(batch, keys, mode=config.augment, num_classes=data.num_classes,
                               mean=mean, std=std, train=True)
     return batch_moments(exp.model, params, batch_stats, images)
 
-  if devices is None:
-    p_moments = jax.pmap(moments, axis_name=step_lib.AXIS)
-    shard = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-                 "local_device_count": jax.local_device_count()}
-  else:
-    devices = list(devices)
-    p_moments = jax.pmap(moments, axis_name=step_lib.AXIS, devices=devices)
-    shard = {"local_device_count": len(devices)}
+  program = mesh_lib.data_parallel(moments, mesh, out_specs=mesh_lib.P(),
+                                   in_specs=(mesh_lib.P(), mesh_lib.P(),
+                                             mesh_lib.P(step_lib.AXIS)))
+  shard = mesh_lib.host_shard(mesh)
 
   def batches():
     for k in range(math.ceil(len(data.train["label"]) / batch_size)):
       batch = pipeline.train_batch(data.train, k, batch_size=batch_size, seed=config.seed,
                                    **shard)
-      batch["step"] = np.full((shard["local_device_count"],), k, np.int32)
+      batch["step"] = np.full(batch["label"].shape, k, np.int32)  # each row knows its step
       yield batch
 
-  return recompute_batch_stats(p_moments, params, batch_stats,
-                               pipeline.prefetch_to_device(batches(), 2, devices))
+  return recompute_batch_stats(program, params, batch_stats,
+                               mesh_lib.put_batches(batches(), mesh))
 
 
-def evaluate_averaged(exp: step_lib.Experiment, p_eval_step, params, batch_stats, *,
-                      prefix: str = "") -> tuple[dict[str, float], Any]:
+def evaluate_averaged(exp: step_lib.Experiment, eval_program, params, batch_stats, *,
+                      prefix: str = "", mesh: jax.sharding.Mesh | None = None
+                      ) -> tuple[dict[str, float], Any]:
   """Averaged weights (SWA's ``W_swa``, SWAP's mean of the replicas) as a model: BatchNorm
   statistics recomputed on ``exp``'s training data (`recompute_on_train_data`), then evaluated.
 
   Args:
     exp: the experiment whose training data (stream of ``exp.config.seed``, batch
       ``exp.config.batch_size``) recomputes the statistics and whose splits are evaluated.
-    p_eval_step: ``exp``'s pmapped eval step.
-    params: the averaged weights, replicated over the local devices.
+    eval_program: ``exp.eval_program(mesh)``.
+    params: the averaged weights, replicated over ``mesh`` (default: every device).
     batch_stats: statistics replicated likewise (only their structure is used).
     prefix: prefix of the result keys (``"swa_"``).
+    mesh: the devices of the pass and the evaluation.
 
   Returns:
     ``(results, batch_stats)``: `evaluate_splits`'s results and the recomputed statistics
     (replicated).
   """
-  batch_stats = recompute_on_train_data(exp, params, batch_stats)
-  return evaluate_splits(exp, p_eval_step, params, batch_stats, prefix=prefix), batch_stats
+  batch_stats = recompute_on_train_data(exp, params, batch_stats, mesh=mesh)
+  return (evaluate_splits(exp, eval_program, params, batch_stats, prefix=prefix, mesh=mesh),
+          batch_stats)

@@ -40,6 +40,20 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.array(devices), (AXIS,))
 
 
+def local_device_count(mesh: Mesh) -> int:
+  """The devices of ``mesh`` that belong to this process."""
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def host_shard(mesh: Mesh) -> dict[str, int]:
+  """Which rows of a global batch this process feeds to ``mesh``: ``process_index`` and
+  ``process_count`` among the processes ``mesh`` spans, and ``local_device_count`` (the
+  keyword arguments of `lbjax.data.pipeline.train_batch` and ``eval_batches``)."""
+  processes = sorted({d.process_index for d in mesh.devices.flat})
+  return {"process_index": processes.index(jax.process_index()),
+          "process_count": len(processes), "local_device_count": local_device_count(mesh)}
+
+
 def replica_shape(num_replicas: int, num_devices: int) -> tuple[int, int]:
   """``(replica, batch)`` extents of SWAP's mesh: ``(D, 1)`` for K >= D, ``(K, D/K)`` for K < D.
 

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import metrics as metrics_lib
 from lbjax import swap
@@ -103,8 +104,7 @@ def _complete_step(config: ml_collections.ConfigDict, workdir: str) -> int | Non
            os.path.join(workdir, "phase1", "checkpoints")] if swap.enabled(config)
           else [os.path.join(workdir, "checkpoints")])
   for path in dirs:
-    steps = sorted(int(n) for n in (os.listdir(path) if os.path.isdir(path) else [])
-                   if n.isdigit())
+    steps = checkpoint_lib.finished_steps(path)
     if steps:
       return steps[-1]
   return None

@@ -2,7 +2,8 @@
 
 `build(config)` gives an `Experiment`: data, model, optimizer (with SWA when ``config.swa``),
 schedule and the per-device step functions. The train step is a pure function
-``(state, batch) -> (state, metrics)`` for ``jax.pmap`` over the named axis `AXIS`: gradients,
+``(state, batch) -> (state, metrics)`` with the named device axis `AXIS` (pmap's model,
+launched as ``jit(shard_map(...))`` over a mesh, `lbjax.mesh`): gradients,
 the loss, K-FAC statistics and BatchNorm statistics are averaged with ``lax.pmean`` over it, so
 the result does not depend on the number of devices.
 
@@ -29,7 +30,7 @@ normalised with its own statistics, like Ghost BN of b/2; `lbjax.accumulate`), a
 ``grad_sq_big``, ``|g|²`` of the averaged gradient the optimizer applies.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from flax import struct
@@ -43,6 +44,7 @@ import optax
 
 from lbjax import accumulate
 from lbjax import config_lib
+from lbjax import mesh as mesh_lib
 from lbjax import models
 from lbjax import noise_scale
 from lbjax import schedules
@@ -55,7 +57,7 @@ from lbjax.optim import kfac_capture
 from lbjax.optim import registry
 from lbjax.optim import smoothout
 
-AXIS = "batch"
+AXIS = mesh_lib.AXIS  # the named device axis of every per-device program
 
 
 class TrainState(struct.PyTreeNode):
@@ -209,24 +211,6 @@ def make_eval_step(model: nn.Module, *, num_classes: int, mean, std, augment_mod
   return eval_step
 
 
-def replicate(tree, devices: Sequence[jax.Device] | None = None):
-  """``tree`` copied to ``devices`` (default: all local) along a new leading axis.
-
-  The arrays carry the sharding ``jax.pmap(..., axis_name=AXIS)`` gives its outputs, so a
-  pmapped step compiles once. ``flax.jax_utils.replicate``'s arrays name their mesh axis
-  differently, and with jax 0.10 the second call, on the step's own outputs, compiles again.
-  """
-  devices = jax.local_devices() if devices is None else list(devices)
-  sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
-  stack = lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x))
-  return jax.device_put(jax.tree.map(stack, tree), sharding)
-
-
-def unreplicate(tree):
-  """The first device's copy of a replicated ``tree``, on the host."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
-
-
 class Experiment(NamedTuple):
   """Everything built from a config, shared by training, SWAP, HPO, benchmarks and tests."""
   config: ml_collections.ConfigDict
@@ -236,20 +220,22 @@ class Experiment(NamedTuple):
   learning_rate: optax.Schedule
   steps_per_epoch: float
   total_steps: int
-  train_step: Callable      # per-device (state, batch) -> (state, metrics); pmap over AXIS
+  train_step: Callable      # per-device (state, batch) -> (state, metrics), named axis AXIS
   eval_step: Callable       # per-device (params, batch_stats, batch) -> sums
   train_parts: accumulate.StepParts  # train_step's pieces, for accumulation on the host
 
   def init_state(self) -> TrainState:
     return init_state(self.model, self.tx, self.data.train["image"].shape[1:], self.config.seed)
 
-  def pmap_train_step(self, devices: Sequence[jax.Device] | None = None) -> Callable:
-    """The host-level ``(replicated state, batch) -> (state, metrics)`` over ``devices``
-    (default: all local), state donated: ``jax.pmap(train_step)``, or the host loop of
-    micro-steps when ``config.accumulation`` resolves to ``"host"`` (``lbjax/accumulate.py``)."""
-    return accumulate.pmap_train_step(
+  def train_program(self, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """The host-level ``(state, batch) -> (state, metrics)`` on ``mesh`` (default: every
+    device, `lbjax.mesh.data_mesh`): ``jit(shard_map(train_step))`` with the state replicated
+    (``P()``, donated) and the batch a global array sharded over ``"batch"``
+    (`put_train_batch`), or the host loop of micro-steps when ``config.accumulation``
+    resolves to ``"host"`` (``lbjax/accumulate.py``). Metrics come back replicated."""
+    return accumulate.launch_train_step(
         self.train_parts, self.config.get("micro_batch_size"),
-        self.config.get("accumulation", "auto"), axis_name=AXIS, devices=devices,
+        self.config.get("accumulation", "auto"), mesh=mesh or mesh_lib.data_mesh(),
         halves=bool(self.config.get("log_noise_scale", False)))
 
   def noise_scale_batches(self, device_count: int) -> tuple[int, int] | None:
@@ -262,8 +248,12 @@ class Experiment(NamedTuple):
                                                 self.config.get("micro_batch_size"))
     return b_small, b_big
 
-  def pmap_eval_step(self, devices: Sequence[jax.Device] | None = None) -> Callable:
-    return jax.pmap(self.eval_step, axis_name=AXIS, devices=devices)
+  def eval_program(self, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """The host-level ``(params, batch_stats, batch) -> sums`` on ``mesh`` (default: every
+    device): weights replicated, batch sharded over ``"batch"``, sums replicated."""
+    return mesh_lib.data_parallel(self.eval_step, mesh or mesh_lib.data_mesh(),
+                                  in_specs=(mesh_lib.P(), mesh_lib.P(), mesh_lib.P(AXIS)),
+                                  out_specs=mesh_lib.P())
 
   def train_batch(self, step: int, local_device_count: int | None = None,
                   seed: int | None = None) -> pipeline.Batch:
@@ -274,6 +264,14 @@ class Experiment(NamedTuple):
         seed=self.config.seed if seed is None else seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         local_device_count=local_device_count or jax.local_device_count())
+
+  def put_train_batch(self, step: int, mesh: jax.sharding.Mesh | None = None,
+                      seed: int | None = None):
+    """Global batch ``step`` (stream of ``seed``) as one global array sharded over ``mesh``'s
+    ``"batch"`` axis, each process contributing its own rows (`lbjax.mesh.put_batch`)."""
+    mesh = mesh or mesh_lib.data_mesh()
+    return mesh_lib.put_batch(self.train_batch(step, mesh_lib.local_device_count(mesh), seed),
+                              mesh)
 
 
 def _has_batch_norm(model: nn.Module, data: datasets.Dataset) -> bool:

@@ -18,10 +18,10 @@ One run, three phases (``config.swap.enabled``):
    and the one loop, `lbjax.loop.run`, drives them. ``config.swap.execution`` (:data:`EXECUTIONS`):
 
    * ``"vmap"``: one compiled program over the replica axis (``jax.vmap`` of the step inside a
-     ``jax.shard_map`` over a 2-D device mesh ``(replicas, batch)``), the design's path on
-     accelerators;
-   * ``"loop"``: the same compiled one-replica step (``Experiment.pmap_train_step``) dispatched
-     once per replica;
+     ``jax.shard_map`` over the 2-D device mesh ``("replica", "batch")``,
+     `lbjax.mesh.replica_mesh`), the design's path on accelerators;
+   * ``"loop"``: the same compiled one-replica step (``Experiment.train_program`` on the
+     replica's device group) dispatched once per replica;
    * ``"auto"``: :data:`AUTO` by backend, ``loop`` on CPU, where the vmapped convolutions become
      grouped convolutions that XLA:CPU runs about 3x slower than K separate steps
      (``benchmarks/swap_replicas.py``); ``vmap`` elsewhere (on an H100, 0.52x the K separate
@@ -71,6 +71,7 @@ from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import evaluation
 from lbjax import loop
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
 from lbjax import step as step_lib
 from lbjax import swa
@@ -78,7 +79,7 @@ from lbjax import train
 from lbjax.errors import ConfigError
 from lbjax.errors import check_choice
 
-REPLICA_AXIS = "replicas"
+REPLICA_AXIS = mesh_lib.REPLICA_AXIS
 EXECUTIONS = ("auto", "vmap", "loop")
 AUTO = {"cpu": "loop"}  # backend -> execution; any other backend: "vmap"
 
@@ -153,13 +154,12 @@ def device_groups(num_replicas: int, devices: Sequence[jax.Device]) -> list[list
     ConfigError: neither of K and D divides the other.
   """
   k, d = num_replicas, len(devices)
-  if k >= d and k % d == 0:
-    return [[devices[i // (k // d)]] for i in range(k)]
-  if k < d and d % k == 0:
-    return [list(devices[i * (d // k):(i + 1) * (d // k)]) for i in range(k)]
-  raise ConfigError("config.swap.num_replicas",
-                    f"{k} replicas cannot be laid out on {d} devices: use a multiple or a divisor "
-                    f"of {d}")
+  try:
+    rows, size = mesh_lib.replica_shape(k, d)  # the same layout as `lbjax.mesh.replica_mesh`
+  except ValueError as e:
+    raise ConfigError("config.swap.num_replicas", str(e)) from None
+  per_row = k // rows
+  return [list(devices[(i // per_row) * size:(i // per_row + 1) * size]) for i in range(k)]
 
 
 def _remap(error: ConfigError) -> ConfigError:
@@ -218,43 +218,51 @@ def init_replicas(config: ml_collections.ConfigDict, data, state: step_lib.Train
 
 
 class Replicas:
-  """Phase 2's K replicas on ``devices``: `step` trains them all one step of the one step.
+  """Phase 2's K replicas on ``devices``: the loop's `lbjax.loop.Trainer`; `step` trains them
+  all one step of the one step.
+
+  ``vmap``: one program over the ``("replica", "batch")`` mesh (`lbjax.mesh.replica_mesh`), the
+  states one global ``[K, ...]`` tree sharded over ``"replica"``; ``loop``: replica k's state
+  replicated over its device group's ``("batch",)`` mesh, stepped by the normal run's program.
 
   Args:
     exp: the step of `phase2_config` (any replica's: they differ in ``state.seed`` only).
     states: host ``[K, ...]`` (`init_replicas` or a checkpoint).
     execution: ``"vmap"`` or ``"loop"`` (`resolve_execution`).
     devices: default: all local devices.
+    evaluate: ``evaluate(step)`` of the replicas' current mean (the loop's evaluation).
   """
 
   def __init__(self, exp: step_lib.Experiment, states: step_lib.TrainState, execution: str,
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None, evaluate=None):
     self.exp, self.execution = exp, execution
     devices = list(devices or jax.local_devices())
     self.seeds = [int(s) for s in np.asarray(states.seed)]
     self.groups = device_groups(len(self.seeds), devices)
     self.group_size = len(self.groups[0])
+    self.num_replicas = len(self.seeds)
+    self.examples_per_step = self.num_replicas * exp.config.batch_size
+    self.noise_scale = exp.noise_scale_batches(self.group_size)  # each replica's devices
+    self._evaluate = evaluate
     if execution == "vmap":
-      mesh = jax.sharding.Mesh(np.array(devices).reshape(-1, self.group_size),
-                               (REPLICA_AXIS, step_lib.AXIS))
-      self._sharding = jax.NamedSharding(mesh, jax.P(REPLICA_AXIS, step_lib.AXIS))
+      self.mesh = mesh_lib.replica_mesh(self.num_replicas, devices)
 
-      def per_device(states, batches):  # [K/D or 1, 1, ...]: this device's replicas
-        squeeze = lambda t: jax.tree.map(lambda x: x[:, 0], t)
-        states, metrics = jax.vmap(exp.train_step)(squeeze(states), squeeze(batches))
-        return jax.tree.map(lambda x: x[:, None], (states, metrics))
+      def per_device(states, batches):  # [K/D or 1, ...]: this device's replicas
+        return jax.vmap(exp.train_step)(states, batches)
 
-      self._step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=self._sharding.spec,
-                                         out_specs=self._sharding.spec, check_vma=False),
-                           donate_argnums=(0,))
-      expand = lambda x: np.broadcast_to(x[:, None], (x.shape[0], self.group_size) + x.shape[1:])
-      self.states = jax.device_put(jax.tree.map(lambda x: expand(np.asarray(x)), states),
-                                   self._sharding)
+      replica = mesh_lib.P(REPLICA_AXIS)
+      self._step = mesh_lib.data_parallel(
+          per_device, self.mesh, in_specs=(replica, mesh_lib.P(REPLICA_AXIS, step_lib.AXIS)),
+          out_specs=replica, donate_argnums=(0,))
+      self.states = mesh_lib.put_sharded(states, self.mesh, REPLICA_AXIS)
     else:
-      steps: dict[tuple, Any] = {}
-      self._steps = [steps.setdefault(tuple(g), exp.pmap_train_step(g)) for g in self.groups]
-      self.states = [step_lib.replicate(jax.tree.map(lambda x, k=k: np.asarray(x)[k], states), g)
-                     for k, g in enumerate(self.groups)]
+      self.meshes = [mesh_lib.data_mesh(g) for g in self.groups]
+      programs: dict[tuple, Any] = {}
+      self._steps = [programs.setdefault(tuple(g), exp.train_program(m))
+                     for g, m in zip(self.groups, self.meshes)]
+      self.states = [mesh_lib.put_replicated(jax.tree.map(lambda x, k=k: np.asarray(x)[k],
+                                                          states), m)
+                     for k, m in enumerate(self.meshes)]
 
   def _batch(self, k: int, step: int):
     return self.exp.train_batch(step, local_device_count=self.group_size, seed=self.seeds[k])
@@ -262,21 +270,27 @@ class Replicas:
   def step(self, step: int) -> dict[str, Any]:
     """Trains every replica on its batch ``step``; returns the metrics, leading axis K."""
     if self.execution == "vmap":
-      batches = stack([self._batch(k, step) for k in range(len(self.seeds))])
-      self.states, metrics = self._step(self.states, jax.device_put(batches, self._sharding))
+      batches = stack([self._batch(k, step) for k in range(self.num_replicas)])
+      self.states, metrics = self._step(
+          self.states, mesh_lib.put_batch(batches, self.mesh, replica_axis=True))
       return metrics
     metrics = []
-    for k, p_train_step in enumerate(self._steps):
-      state, batch = self.states[k], self._batch(k, step)
-      self.states[k], m = p_train_step(state, batch)
+    for k, program in enumerate(self._steps):
+      batch = mesh_lib.put_batch(self._batch(k, step), self.meshes[k])
+      self.states[k], m = program(self.states[k], batch)
       metrics.append(m)
     return {key: [m[key] for m in metrics] for key in metrics[0]}
 
   def host_states(self) -> step_lib.TrainState:
     """The replicas' states, host ``[K, ...]``."""
     if self.execution == "vmap":
-      return jax.tree.map(lambda x: np.asarray(x)[:, 0], jax.device_get(self.states))
-    return stack([step_lib.unreplicate(s) for s in self.states])
+      return jax.tree.map(np.asarray, jax.device_get(self.states))
+    return stack([mesh_lib.to_host(s) for s in self.states])
+
+  host_state = host_states
+
+  def evaluate(self, step: int) -> dict[str, float]:
+    return self._evaluate(step)
 
 
 def average_replicas(tree):
@@ -293,9 +307,10 @@ def averaged_weights(states: step_lib.TrainState, *, use_swa: bool):
 def evaluate_replicas(exp: step_lib.Experiment, states: step_lib.TrainState
                       ) -> dict[str, list[float]]:
   """``<split>_accuracy`` [K] of every replica (its own weights and statistics)."""
-  p_eval = exp.pmap_eval_step()
-  each = [evaluation.evaluate_splits(exp, p_eval, step_lib.replicate(s.params),
-                                     step_lib.replicate(s.batch_stats))
+  mesh = mesh_lib.data_mesh()
+  program = exp.eval_program(mesh)
+  each = [evaluation.evaluate_splits(exp, program, mesh_lib.put_replicated(s.params, mesh),
+                                     mesh_lib.put_replicated(s.batch_stats, mesh), mesh=mesh)
           for s in (jax.tree.map(lambda x, k=k: np.asarray(x)[k], states)
                     for k in range(len(states.seed)))]
   return {key: [r[key] for r in each] for key in each[0] if key.endswith("_accuracy")}
@@ -360,13 +375,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   result: also as ``result_test_accuracy``, and ``result_validation_accuracy`` with a validation
   split) and ``phase1_test_accuracy`` (large batch alone).
   """
-  validate(config, device_count=jax.device_count(), process_count=jax.process_count())
-  config_lib.check_workdir(config, workdir)
   data = step_lib.load_data(config)
   num_replicas = config.swap.num_replicas
   exp = step_lib.build(phase2_config(config), data)  # the replicas' one step
   total = exp.total_steps
-  rec = loop.Recorder(workdir, keep=config.keep_checkpoints,
+  rec = loop.Recorder(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every_steps,
                       checkpoint_dir=os.path.join(workdir, "phase2", "checkpoints"))
   rec.write_config(config)
 
@@ -399,23 +412,22 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         f"({execution}), step {start} of {total}", flush=True)
 
   # Phase 2: the one loop over the replicas' one step.
-  replicas = Replicas(exp, states, execution)
   exp1 = step_lib.build(phase1_config(config), data)  # the BatchNorm pass uses phase 1's batch
-  p_eval = exp1.pmap_eval_step()
+  mesh = mesh_lib.data_mesh()
+  p_eval = exp1.eval_program(mesh)
   template_stats = jax.tree.map(lambda x: np.asarray(x)[0], states.batch_stats)
 
   def evaluate_average(weights) -> tuple[dict[str, float], Any]:
-    results, stats = evaluation.evaluate_averaged(exp1, p_eval, step_lib.replicate(weights),
-                                                  step_lib.replicate(template_stats))
-    return results, step_lib.unreplicate(stats)
+    results, stats = evaluation.evaluate_averaged(
+        exp1, p_eval, mesh_lib.put_replicated(weights, mesh),
+        mesh_lib.put_replicated(template_stats, mesh), mesh=mesh)
+    return results, mesh_lib.to_host(stats)
 
-  status, step = loop.run(
-      rec, config, start=start, total_steps=total,
-      steps=(replicas.step(s) for s in range(start, total)), host_state=replicas.host_states,
-      evaluate=lambda _: evaluate_average(average_replicas(replicas.host_states().params))[0],
-      steps_per_epoch=exp.steps_per_epoch, examples_per_step=num_replicas * exp.config.batch_size,
-      num_replicas=num_replicas, callback=callback, step_offset=offset,
-      noise_scale=exp.noise_scale_batches(replicas.group_size))  # each replica's devices
+  replicas = Replicas(exp, states, execution, evaluate=lambda _: evaluate_average(
+      average_replicas(replicas.host_states().params))[0])
+  status, step = loop.run(rec, replicas, start=start, total_steps=total,
+                          cadence=loop.Cadence.from_config(config, exp.steps_per_epoch),
+                          callback=callback, step_offset=offset)
   if status != "completed":
     return finish(status, 2, step, **phase1)
   states = replicas.host_states()
@@ -433,8 +445,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       results, model["batch_stats"] = evaluate_average(model["params"])
       ckpt3.save(0, model)
     else:  # a finished run, rerun: the same model, evaluated again
-      results = evaluation.evaluate_splits(exp1, p_eval, step_lib.replicate(model["params"]),
-                                           step_lib.replicate(model["batch_stats"]))
+      results = evaluation.evaluate_splits(exp1, p_eval,
+                                           mesh_lib.put_replicated(model["params"], mesh),
+                                           mesh_lib.put_replicated(model["batch_stats"], mesh),
+                                           mesh=mesh)
     ckpt3.close()
   for key, each in evaluate_replicas(exp, states).items():
     results.update({f"replica_{key}": each, f"replica_mean_{key}": float(np.mean(each))})

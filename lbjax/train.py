@@ -5,8 +5,8 @@
 checkpoint, loop, evaluate, checkpoint, and write ``status.json``. SWAP's phase 1 and every HPO
 trial are such runs; `lbjax.runners.run` picks between this runner and `lbjax.swap`.
 
-The step's names are re-exported here (``train.build``, ``train.AXIS``, ...) for the scripts
-that use them; they live in `lbjax.step` and `lbjax.evaluation`.
+The config is validated by `lbjax.runners.run`, the one entry point; `Run` is the loop's
+`lbjax.loop.Trainer` of a normal run.
 """
 
 from typing import Any
@@ -14,24 +14,52 @@ from typing import Any
 import jax
 import ml_collections
 
-from lbjax import config_lib
 from lbjax import evaluation
 from lbjax import loop
+from lbjax import mesh as mesh_lib
+from lbjax import step as step_lib
 from lbjax import swa
-from lbjax.data import pipeline
 from lbjax.errors import ConfigError
-from lbjax.evaluation import evaluate  # noqa: F401  (re-exported)
-from lbjax.step import AXIS  # noqa: F401
-from lbjax.step import Experiment  # noqa: F401
-from lbjax.step import TrainState  # noqa: F401
-from lbjax.step import build
-from lbjax.step import cross_entropy  # noqa: F401
-from lbjax.step import make_eval_step  # noqa: F401
-from lbjax.step import make_step_parts  # noqa: F401
-from lbjax.step import replicate
-from lbjax.step import soft_accuracy  # noqa: F401
-from lbjax.step import step_keys  # noqa: F401
-from lbjax.step import unreplicate
+
+
+class Run:
+  """A normal run's `lbjax.loop.Trainer`: the train state, replicated over ``mesh`` (default:
+  every device of every process), and the programs that step and evaluate it.
+
+  ``state`` is the current global state (a ``jax.Array`` tree, ``P()``); `step` replaces it by
+  the train program's result (the old one is donated).
+  """
+
+  def __init__(self, exp: step_lib.Experiment, state: step_lib.TrainState,
+               mesh: jax.sharding.Mesh | None = None):
+    self.exp = exp
+    self.mesh = mesh or mesh_lib.data_mesh()
+    self.train_program = exp.train_program(self.mesh)
+    self.eval_program = exp.eval_program(self.mesh)
+    self.state = mesh_lib.put_replicated(state, self.mesh)
+    self.examples_per_step = exp.config.batch_size
+    self.num_replicas = 1
+    self.noise_scale = exp.noise_scale_batches(self.mesh.size)
+    self._next = None  # the batch of the next step, put on the devices one step ahead
+
+  def _batch(self, step: int):
+    return self.exp.put_train_batch(step, self.mesh)
+
+  def step(self, step: int):
+    batch = self._next[1] if self._next is not None and self._next[0] == step else self._batch(
+        step)
+    self.state, metrics = self.train_program(self.state, batch)
+    if step + 1 < self.exp.total_steps:  # the copy overlaps the running step
+      self._next = (step + 1, self._batch(step + 1))
+    return metrics
+
+  def host_state(self) -> step_lib.TrainState:
+    return mesh_lib.to_host(self.state)
+
+  def evaluate(self, step: int | None = None, **kwargs) -> dict[str, float]:
+    del step
+    return evaluation.evaluate_splits(self.exp, self.eval_program, self.state.params,
+                                      self.state.batch_stats, mesh=self.mesh, **kwargs)
 
 
 def result_keys(results: dict[str, Any], use_swa: bool) -> dict[str, Any]:
@@ -58,52 +86,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ``stopped`` (`lbjax.loop.run`). The metrics also hold ``train_accuracy`` / ``train_loss`` of the
   last logging window (SWAP's phase-1 training-accuracy threshold).
 
+  The config and the workdir are checked by `lbjax.runners.run` (the one entry point), not
+  here.
+
   Raises:
-    ConfigError: a bad config, a workdir of another config, or a SWAP config (which
-      `lbjax.runners.run` runs).
+    ConfigError: a SWAP config (which `lbjax.runners.run` runs).
   """
   if config.get("swap") is not None and config.swap.enabled:
     raise ConfigError("config.swap.enabled", "a SWAP config is run by lbjax.runners.run")
-  config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
-  config_lib.check_workdir(config, workdir)
-  exp = build(config)
-  rec = loop.Recorder(workdir, keep=config.keep_checkpoints)
+  exp = step_lib.build(config)
+  rec = loop.Recorder(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every_steps)
   rec.write_config(config)
   restored_step, state = rec.restore(exp.init_state())
   start, total = int(state.step), exp.total_steps
   if restored_step is not None:
     print(f"lbjax: resuming from step {start} of {total} ({workdir})", flush=True)
   rec.write_status("running", start)
-
-  p_train_step = exp.pmap_train_step()
-  p_eval_step = exp.pmap_eval_step()
-  state = replicate(state)
-
-  def steps():
-    nonlocal state
-    batches = (exp.train_batch(s) for s in range(start, total))
-    for batch in pipeline.prefetch_to_device(batches, 2):
-      state, metrics = p_train_step(state, batch)
-      yield metrics
-
-  def evaluate_now(step: int) -> dict[str, float]:
-    del step
-    return evaluation.evaluate_splits(exp, p_eval_step, state.params, state.batch_stats)
-
-  status, step = loop.run(rec, config, start=start, total_steps=total, steps=steps(),
-                          host_state=lambda: unreplicate(state), evaluate=evaluate_now,
-                          steps_per_epoch=exp.steps_per_epoch,
-                          examples_per_step=config.batch_size, callback=callback,
-                          step_offset=step_offset,
-                          noise_scale=exp.noise_scale_batches(jax.device_count()))
+  run = Run(exp, state)
+  status, step = loop.run(rec, run, start=start, total_steps=total,
+                          cadence=loop.Cadence.from_config(config, exp.steps_per_epoch),
+                          callback=callback, step_offset=step_offset)
   results: dict[str, Any] = {}
   if status == "completed":
-    results = evaluate_now(step)
+    results = run.evaluate(step)
     if swa.enabled(config):  # seed 000 eq. (1): the averaged weights, BatchNorm recomputed
-      params, count = swa.averaged_params(state.opt_state)
-      swa_results, _ = evaluation.evaluate_averaged(exp, p_eval_step, params, state.batch_stats,
-                                                    prefix="swa_")
-      results.update(swa_results, swa_models=int(jax.device_get(count)[0]))
+      params, count = swa.averaged_params(run.state.opt_state)
+      swa_results, _ = evaluation.evaluate_averaged(exp, run.eval_program, params,
+                                                    run.state.batch_stats, prefix="swa_",
+                                                    mesh=run.mesh)
+      results.update(swa_results, swa_models=int(mesh_lib.to_host(count)))
       print(f"swa test accuracy: {results['swa_test_accuracy']:.4f} "
             f"({results['swa_models']} weights averaged)", flush=True)
     results.update(result_keys(results, swa.enabled(config)))
