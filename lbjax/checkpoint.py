@@ -29,8 +29,8 @@ class Checkpointer:
   """Save / restore-latest for one pytree.
 
   Cadence and retention are orbax's (``CheckpointManagerOptions``): a step is due when
-  `should_save` says so (every ``every`` steps, ``save_interval_steps``), and the last ``keep``
-  steps are kept (``max_to_keep``).
+  `should_save` says so (``FixedIntervalPolicy``: the multiples of ``every``), and the last
+  ``keep`` steps are kept (``max_to_keep``).
   """
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
@@ -39,7 +39,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every or 1, create=True,
+            max_to_keep=keep, create=True,
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every or 1),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
 
   def all_steps(self) -> list[int]:
@@ -54,7 +55,7 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def should_save(self, step: int) -> bool:
-    """Whether ``step`` is due by orbax's interval policy (``save_interval_steps``)."""
+    """Whether ``step`` is due by orbax's interval policy (a multiple of ``every``)."""
     return self._manager.should_save(step)
 
   def reached_preemption(self, step: int) -> bool:

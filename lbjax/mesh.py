@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -139,11 +140,16 @@ def put_batches(batches, mesh: Mesh, size: int = 2, **kwargs):
 
 
 def to_host(tree):
-  """Replicated global arrays → host NumPy arrays, each process reading its own copy."""
+  """Global arrays → host NumPy arrays on every process. A replicated array is read from this
+  process's own copy; an array sharded over other hosts' devices too (SWAP's ``[K, ...]``
+  states and metrics over ``"replica"``) is gathered from all processes (a collective: every
+  process calls it at the same point)."""
 
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(x.addressable_data(0))
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(one, tree)

@@ -256,13 +256,16 @@ class Experiment(NamedTuple):
                                   out_specs=mesh_lib.P())
 
   def train_batch(self, step: int, local_device_count: int | None = None,
-                  seed: int | None = None) -> pipeline.Batch:
-    """Global batch ``step`` of the stream of ``seed`` (default ``config.seed``), this process's
-    rows split over ``local_device_count`` devices (default: all local)."""
+                  seed: int | None = None, process_index: int | None = None,
+                  process_count: int | None = None) -> pipeline.Batch:
+    """Global batch ``step`` of the stream of ``seed`` (default ``config.seed``), the rows of
+    process ``process_index`` of ``process_count`` (default: this one of all) split over
+    ``local_device_count`` devices (default: all local)."""
     return pipeline.train_batch(
         self.data.train, step, batch_size=self.config.batch_size,
         seed=self.config.seed if seed is None else seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index() if process_index is None else process_index,
+        process_count=jax.process_count() if process_count is None else process_count,
         local_device_count=local_device_count or jax.local_device_count())
 
   def put_train_batch(self, step: int, mesh: jax.sharding.Mesh | None = None,

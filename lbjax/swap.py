@@ -138,9 +138,21 @@ def phase2_config(config: ml_collections.ConfigDict, replica: int = 0) -> ml_col
   return c
 
 
-def resolve_execution(mode: str, backend: str | None = None) -> str:
-  """``"vmap"`` or ``"loop"`` for ``config.swap.execution`` on ``backend`` (default: JAX's)."""
+def resolve_execution(mode: str, backend: str | None = None, process_count: int = 1) -> str:
+  """``"vmap"`` or ``"loop"`` for ``config.swap.execution`` on ``backend`` (default: JAX's);
+  with several processes always ``"vmap"`` (one SPMD program over every host's devices).
+
+  Raises:
+    ConfigError: ``"loop"`` with several processes (a replica's program would run on one
+      host's devices while the others wait).
+  """
   check_choice("config.swap.execution", mode, EXECUTIONS)
+  if process_count > 1:
+    if mode == "loop":
+      raise ConfigError("config.swap.execution",
+                        f"'loop' runs in one process; with {process_count} processes use 'vmap' "
+                        "or 'auto' (one program over every host's devices)")
+    return "vmap"
   if mode != "auto":
     return mode
   return AUTO.get(backend or jax.default_backend(), "vmap")
@@ -177,14 +189,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   config_lib.validate(phase1_config(config), device_count=device_count,
                       process_count=process_count)
   block = config.swap
-  if process_count > 1:
-    raise ConfigError("config.swap.enabled", "SWAP runs in one process (its replicas split over "
-                      f"that process's devices); got {process_count} processes")
   k = block.num_replicas
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ConfigError("config.swap.num_replicas", f"must be an integer >= 1, got {k!r}")
   group = len(device_groups(k, list(range(device_count)))[0])
-  resolve_execution(block.get("execution", "auto"))
+  resolve_execution(block.get("execution", "auto"), process_count=process_count)
   threshold = block.phase1_stop_accuracy
   if threshold is not None and not 0.0 < threshold <= 1.0:
     raise ConfigError("config.swap.phase1_stop_accuracy",
@@ -229,14 +238,18 @@ class Replicas:
     exp: the step of `phase2_config` (any replica's: they differ in ``state.seed`` only).
     states: host ``[K, ...]`` (`init_replicas` or a checkpoint).
     execution: ``"vmap"`` or ``"loop"`` (`resolve_execution`).
-    devices: default: all local devices.
+    devices: default: every device of every process.
     evaluate: ``evaluate(step)`` of the replicas' current mean (the loop's evaluation).
+
+  With several processes (``vmap`` only) every process builds the replicas' global batches and
+  contributes the rows of its own devices (``jax.make_array_from_callback``); the states come
+  back to every host for a checkpoint (`lbjax.mesh.to_host`).
   """
 
   def __init__(self, exp: step_lib.Experiment, states: step_lib.TrainState, execution: str,
                devices: Sequence[jax.Device] | None = None, evaluate=None):
     self.exp, self.execution = exp, execution
-    devices = list(devices or jax.local_devices())
+    devices = list(devices or jax.devices())
     self.seeds = [int(s) for s in np.asarray(states.seed)]
     self.groups = device_groups(len(self.seeds), devices)
     self.group_size = len(self.groups[0])
@@ -270,9 +283,13 @@ class Replicas:
   def step(self, step: int) -> dict[str, Any]:
     """Trains every replica on its batch ``step``; returns the metrics, leading axis K."""
     if self.execution == "vmap":
-      batches = stack([self._batch(k, step) for k in range(self.num_replicas)])
+      # [K, B, ...]: replica k's whole global batch, each process placing its devices' rows.
+      batches = stack([self.exp.train_batch(step, local_device_count=1, seed=seed,
+                                            process_index=0, process_count=1)
+                       for seed in self.seeds])
+      batches = jax.tree.map(lambda x: x[:, 0], batches)
       self.states, metrics = self._step(
-          self.states, mesh_lib.put_batch(batches, self.mesh, replica_axis=True))
+          self.states, mesh_lib.put_sharded(batches, self.mesh, REPLICA_AXIS, step_lib.AXIS))
       return metrics
     metrics = []
     for k, program in enumerate(self._steps):
@@ -284,7 +301,7 @@ class Replicas:
   def host_states(self) -> step_lib.TrainState:
     """The replicas' states, host ``[K, ...]``."""
     if self.execution == "vmap":
-      return jax.tree.map(np.asarray, jax.device_get(self.states))
+      return mesh_lib.to_host(self.states)
     return stack([mesh_lib.to_host(s) for s in self.states])
 
   host_state = host_states
@@ -407,7 +424,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   offset = phase1["phase1_step"]
   start = int(states.step[0])
   rec.write_status("running", start, phase=2, total_steps=total, **phase1)
-  execution = resolve_execution(config.swap.get("execution", "auto"))
+  execution = resolve_execution(config.swap.get("execution", "auto"),
+                                process_count=jax.process_count())
   print(f"lbjax: SWAP phase 2: {num_replicas} replicas x batch {config.swap.batch_size} "
         f"({execution}), step {start} of {total}", flush=True)
 

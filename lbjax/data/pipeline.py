@@ -15,12 +15,9 @@ Every example carries ``"position"``, its row in the global batch, from which th
 derives its augmentation key, so results do not depend on how the batch is split.
 """
 
-import collections
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 import functools
-from typing import Any
 
-import jax
 import numpy as np
 
 from lbjax.errors import ConfigError
@@ -137,31 +134,3 @@ def eval_batches(split: Batch, *, batch_size: int, process_index: int = 0,
     batch["label"][~real] = 0
     batch["mask"] = real.astype(np.float32)
     yield batch
-
-
-def prefetch_to_device(batches: Iterable[Any], size: int = 2,
-                       devices: Sequence[jax.Device] | None = None) -> Iterator[Any]:
-  """Puts the next ``size`` batches on device ahead of use.
-
-  Each leaf's leading axis (of length ``len(devices)``) is split over ``devices`` (default
-  ``jax.local_devices()``, the order ``jax.pmap`` uses), so the pmapped step finds its input
-  already in place; the copies are asynchronous and overlap the running step.
-
-  Args:
-    batches: iterable of pytrees of host arrays shaped ``[D, ...]``.
-    size: number of batches kept on device ahead of the consumer.
-    devices: target devices.
-
-  Yields:
-    The same pytrees with every leaf a ``jax.Array`` sharded over its leading axis.
-  """
-  devices = jax.local_devices() if devices is None else list(devices)
-  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-  sharding = jax.NamedSharding(mesh, jax.P("batch"))
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(jax.device_put(batch, sharding))
-    if len(queue) >= max(size, 1):
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
