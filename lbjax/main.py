@@ -14,9 +14,9 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
+from lbjax import distributed
 from lbjax import dotted
 from lbjax import runners
 from lbjax import workdir as workdir_lib
@@ -33,35 +33,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                                   lock_config=True, flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and status.",
                       flag_values=flag_values)
-  flags.DEFINE_string("coordinator_address", os.environ.get("LBJAX_COORDINATOR_ADDRESS"),
-                      "host:port of process 0, for multi-host training.", flag_values=flag_values)
-  flags.DEFINE_integer("num_processes", int(os.environ.get("LBJAX_NUM_PROCESSES", "0")) or None,
-                       "Number of processes (hosts) in a multi-host job.",
-                       flag_values=flag_values)
-  flags.DEFINE_integer("process_id", int(os.environ.get("LBJAX_PROCESS_ID", "-1")),
-                       "This process's id in a multi-host job.", flag_values=flag_values)
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detected "
-                    "settings (TPU pods, SLURM).", flag_values=flag_values)
+  distributed.define_flags(flag_values)
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 define_flags()
-
-
-def initialize_distributed(coordinator_address, num_processes, process_id, auto=False) -> None:
-  """`jax.distributed.initialize` when multi-host settings are given; CPU collectives via gloo."""
-  if not (coordinator_address or auto):
-    return
-  if coordinator_address and (num_processes is None or process_id < 0):
-    raise ConfigError("--num_processes/--process_id",
-                      "multi-host needs --coordinator_address, --num_processes and --process_id")
-  if jax.config.jax_platforms in (None, "", "cpu") or jax.default_backend() == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-  else:
-    jax.distributed.initialize()
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -127,8 +103,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     reason = "no such file" if not os.path.exists(path.split(":")[0]) else str(e.__cause__ or e)
     sys.exit(f"lbjax: error: --config={path}: cannot load the config file: {reason}")
   try:
-    initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
-                           auto=fv.distributed)
+    distributed.initialize(fv)
     switch_optimizers(fv)
     summary = runners.run(fv.config, fv.workdir)
   except ConfigError as e:

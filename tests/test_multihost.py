@@ -162,3 +162,33 @@ def test_sigterm_in_swap_phase2_stops_both_and_resumes(tmp_path, uninterrupted):
   outs = _finish(_launch_pair(SWAP, workdir), timeout=900)
   for out in outs:
     assert _last_line(out) == uninterrupted("swap"), out[-3000:]
+
+
+def test_hpo_trial_pruned_on_two_processes_stops_both(tmp_path):
+  """An HPO study on 2 processes: process 0 asks the study, both train the trial; the pruner
+  (answered on process 0, broadcast) stops both at the trial's first evaluation."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  port, workdir = _free_port(), str(tmp_path / "hpo")
+  args = ["--config=configs/seed002_sgd.py:bs=128,data=digits", "--study=s", "--trials=1",
+          f"--workdir={workdir}", "--config.batch_size=32", "--config.image_size=16",
+          "--config.augment=normalize", "--config.num_epochs=0.98",
+          "--config.eval_every_epochs=0.5", "--config.log_every_steps=10",
+          "--config.hpo.pruner=threshold", "--config.hpo.pruner_threshold=0.999",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen([sys.executable, "-m", "lbjax.hpo", *args, f"--process_id={i}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = _finish(procs, timeout=600)
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "1 pruned" in outs[0], outs[0][-3000:]
+  assert "ran 1 trial(s) of process 0" in outs[1], outs[1][-3000:]
+  trial_dir = os.path.join(workdir, "s", "trial_0")
+  status = _status(trial_dir)
+  # Stopped at the first evaluation (0.5 epoch of 40 steps) on both processes; the finished
+  # trial's checkpoints are removed (keep_trial_checkpoints=False).
+  assert status["status"] == "stopped" and status["step"] == 20, status
+  assert all("stopped by the callback at step 20" in out for out in outs), outs[1][-3000:]
+  assert not os.path.exists(os.path.join(trial_dir, "checkpoints"))

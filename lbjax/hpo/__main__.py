@@ -20,7 +20,9 @@ import ml_collections
 from ml_collections import config_flags
 
 from experiments import hpo_report
+from lbjax import distributed
 from lbjax.errors import ConfigError
+from lbjax.hpo import hosts
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
@@ -37,6 +39,7 @@ flags.DEFINE_string("storage", None, "Optuna RDB URL: postgresql://user@host/db 
 flags.DEFINE_integer("trials", None, "Total trials of the study, over all workers.")
 flags.DEFINE_string("workdir", "runs/hpo", "Trial workdirs go to WORKDIR/<study>/trial_<n>.")
 flags.DEFINE_string("out", None, "report: output directory (default: WORKDIR/report).")
+distributed.define_flags()  # one process per host: process 0 asks the study, all train
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -79,10 +82,19 @@ def main(argv):
       raise ConfigError("--config", "a config file with a search_space is required")
     if FLAGS.trials is None:
       raise ConfigError("--trials", "required: the study's total number of trials")
+    distributed.initialize()
     switch_optimizers()
     enable_compilation_cache(FLAGS.config, FLAGS.workdir)
-    counts = worker.run_worker(FLAGS.config, study_name=FLAGS.study, trials=FLAGS.trials,
-                               workdir=FLAGS.workdir, storage=storage)
+    if jax.process_index() > 0:  # a trial is one SPMD run: follow process 0's trials
+      n = hosts.follow(FLAGS.config)
+      print(f"lbjax.hpo: process {jax.process_index()}: ran {n} trial(s) of process 0",
+            flush=True)
+      return
+    try:
+      counts = worker.run_worker(FLAGS.config, study_name=FLAGS.study, trials=FLAGS.trials,
+                                 workdir=FLAGS.workdir, storage=storage)
+    finally:
+      hosts.share(None)  # the other processes stop following
   except ConfigError as e:
     sys.exit(f"lbjax: error: {storage_lib.mask(str(e))}")
   print(f"lbjax.hpo: study {FLAGS.study}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),

@@ -26,7 +26,8 @@ HPO_DEFAULTS: dict[str, Any] = {
     "seed": None,                 # sampler seed (set it for single-worker reproducibility only)
     "pruner": "none",             # PRUNERS
     "pruner_startup_trials": 5,   # median: trials finished before pruning starts
-    "pruner_warmup_steps": 0,     # median: no pruning before this train step
+    "pruner_warmup_steps": 0,     # median, threshold: no pruning before this train step
+    "pruner_threshold": None,     # threshold: prune a trial whose validation accuracy is below
     "heartbeat_interval": 60,     # seconds between a running trial's heartbeats
     "grace_period": 180,          # seconds without heartbeat before a trial is stale
     "max_retry": 3,               # re-runs of a trial whose worker died
@@ -37,7 +38,7 @@ HPO_DEFAULTS: dict[str, Any] = {
 
 # Names of the samplers and pruners `lbjax.hpo.worker` builds (its SAMPLERS / PRUNERS).
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median")
+PRUNERS = ("none", "median", "threshold")
 
 # Search-space entry types and their required fields.
 PARAM_TYPES: dict[str, tuple[str, ...]] = {
@@ -46,7 +47,7 @@ PARAM_TYPES: dict[str, tuple[str, ...]] = {
     "categorical": ("choices",),
 }
 
-_PLACEHOLDER_TYPES = {"validation_fraction": float, "seed": int}
+_PLACEHOLDER_TYPES = {"validation_fraction": float, "seed": int, "pruner_threshold": float}
 
 
 def default_config(**overrides) -> ml_collections.ConfigDict:
@@ -67,6 +68,12 @@ def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     hpo[key] = value
   check_choice("config.hpo.sampler", hpo["sampler"], SAMPLERS)
   check_choice("config.hpo.pruner", hpo["pruner"], PRUNERS)
+  threshold = hpo["pruner_threshold"]
+  if (hpo["pruner"] == "threshold") != (threshold is not None) or not (
+      threshold is None or 0.0 <= threshold <= 1.0):
+    raise ConfigError("config.hpo.pruner_threshold",
+                      "a validation accuracy in [0, 1], set exactly when config.hpo.pruner is "
+                      f"'threshold'; got {threshold!r} with pruner {hpo['pruner']!r}")
   for key in ("heartbeat_interval", "grace_period"):
     if not isinstance(hpo[key], int) or hpo[key] <= 0:
       raise ConfigError(f"config.hpo.{key}",

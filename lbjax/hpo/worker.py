@@ -60,7 +60,9 @@ from optuna.trial import TrialState
 
 from lbjax import config_lib
 from lbjax import runners
+from lbjax import workdir as workdir_lib
 from lbjax.errors import ConfigError
+from lbjax.hpo import hosts
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
 from lbjax.workdir import WorkdirInUse
@@ -76,6 +78,8 @@ PRUNERS: dict[str, Callable[[dict], optuna.pruners.BasePruner]] = {
     "none": lambda hpo: optuna.pruners.NopPruner(),
     "median": lambda hpo: optuna.pruners.MedianPruner(
         n_startup_trials=hpo["pruner_startup_trials"], n_warmup_steps=hpo["pruner_warmup_steps"]),
+    "threshold": lambda hpo: optuna.pruners.ThresholdPruner(
+        lower=hpo["pruner_threshold"], n_warmup_steps=hpo["pruner_warmup_steps"]),
 }
 
 # Search-space entry type → how a trial suggests its value.
@@ -139,6 +143,12 @@ def make_objective(config: ml_collections.ConfigDict, study_dir: str,
       trial.report(results["validation_accuracy"], step)
       return trial.should_prune()
 
+    if jax.process_count() > 1:  # every process trains the trial (`lbjax.hpo.hosts`)
+      holder = workdir_lib.in_use(workdir)
+      hosts.share({"params": params, "workdir": workdir, "skip": holder is not None})
+      if holder is not None:
+        trial.set_user_attr("status", "workdir in use")
+        raise _InUse(trial.number, f"held by {holder}")
     try:
       summary = runners.run(space.trial_config(config, params), workdir, callback=report)
     except WorkdirInUse as e:  # another live process trains this trial's workdir: skip it

@@ -1,0 +1,87 @@
+"""Checkpoints do not depend on the device count: a run signalled on 4 simulated devices resumes
+on 1 and on 2 (a normal run, and SWAP in phase 2) and ends where the 4-device run ends."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.test_multihost import _checkpoint_steps
+from tests.test_multihost import _last_line
+from tests.test_multihost import _logged_step
+from tests.test_multihost import _status
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+NORMAL = ["--config=configs/quickstart.py", "--config.num_epochs=2",
+          "--config.schedule.warmup_epochs=0.0", "--config.progress_bar=False",
+          "--config.batch_size=64", "--config.image_size=16", "--config.log_every_steps=2",
+          "--config.checkpoint_every_steps=1000", "--config.eval_every_epochs=10"]
+SWAP = ["--config=configs/swap_digits.py", "--config.num_epochs=2",
+        "--config.schedule.warmup_epochs=0.5", "--config.swap.phase1_stop_accuracy=1.0",
+        "--config.swap.num_epochs=1", "--config.swap.num_replicas=4",
+        "--config.swap.batch_size=32", "--config.image_size=16", "--config.progress_bar=False",
+        "--config.log_every_steps=2", "--config.checkpoint_every_steps=1000",
+        "--config.eval_every_epochs=10"]
+
+
+def _launch(args, workdir, devices, background=False):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  cmd = [sys.executable, "-m", "lbjax.main", *args, f"--workdir={workdir}"]
+  if background:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                       check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run.stdout
+
+
+def _weights(checkpoints):
+  step = max(_checkpoint_steps(checkpoints))
+  with ocp.CheckpointManager(checkpoints) as manager:
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+  return step, jax.tree.leaves(tree["params"])
+
+
+@pytest.mark.parametrize("name,args,checkpoints", [
+    ("normal", NORMAL, "checkpoints"),
+    ("swap", SWAP, os.path.join("phase3", "checkpoints"))])
+def test_a_4_device_checkpoint_resumes_on_1_and_2_devices(tmp_path, name, args, checkpoints):
+  whole = str(tmp_path / "whole")
+  last = _last_line(_launch(args, whole, devices=4))
+  step_w, weights = _weights(os.path.join(whole, checkpoints))
+
+  cut = str(tmp_path / "cut")
+  proc = _launch(args, cut, devices=4, background=True)
+  metrics = os.path.join(cut, "metrics.jsonl")  # SWAP: phase 2's (phase 1 has its own)
+  while _logged_step(metrics) < 6:
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "preempted at step" in out, err[-3000:]
+  status = _status(cut)
+  assert status["status"] == "preempted", status
+  for devices in (1, 2):
+    again = str(tmp_path / f"on{devices}")
+    shutil.copytree(cut, again)
+    out = _launch(args, again, devices=devices)
+    if name == "normal":
+      assert f"resuming from step {status['step']}" in out
+    step, resumed = _weights(os.path.join(again, checkpoints))
+    assert step == step_w
+    for a, b in zip(weights, resumed):  # another device count sums in another order
+      np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    # The reported accuracy agrees to the last printed digit or one test example (1/360).
+    assert abs(float(_last_line(out).split(": ")[1].split()[0])
+               - float(last.split(": ")[1].split()[0])) <= 1 / 360 + 1e-9
