@@ -401,7 +401,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   rec.write_config(config)
 
   def finish(status: str, phase: int, step: int, **results) -> dict[str, Any]:
-    rec.close()
+    loop.close(rec)
     rec.write_status(status, step, phase=phase, total_steps=total, **results)
     if phase == 2:  # phase 1 printed its own outcome
       loop.print_outcome(status, step, what="SWAP phase 2")

@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     rec.write_metrics(step, {**results, "epoch": step / exp.steps_per_epoch})
     if callback is not None:
       callback(step_offset + step, results)
-  rec.close()
+  loop.close(rec)  # agreed: a storage error on any process ends all
   rec.write_status(status, step, total_steps=total, **results)
   if status == "completed":
     print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
