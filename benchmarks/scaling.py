@@ -114,7 +114,8 @@ def main(argv=None):
   import common  # pylint: disable=g-import-not-at-top
 
   counts = [int(n) for n in args.devices.split(",")]
-  worker_argv = [a for a in argv if not a.startswith(("--devices", "--backend"))]
+  worker_argv = [f"--{name}={getattr(args, name)}" for name in (
+      "model", "image_size", "per_device_batch", "rounds", "steps")]
   workers = [Worker(n, worker_argv, args.backend) for n in counts]  # compiled in turn
   try:
     for r in range(args.rounds):
