@@ -87,6 +87,9 @@ class Case:
   xla_mib: float | None = None
   compile_s: float = float("nan")
   times: list = dataclasses.field(default_factory=list)  # seconds per step, one per round
+  # CPU seconds per step of this process (all threads), one per round: less sensitive than
+  # wall time to the other jobs on a shared machine, which take cores, not this process's work.
+  cpu_times: list = dataclasses.field(default_factory=list)
 
   def warm_up(self):
     """Compiles and runs one step (timed as ``compile_s``); records the XLA footprint."""
@@ -107,13 +110,14 @@ class Case:
     """Runs ``steps`` steps; returns and records seconds per step."""
     state = self.state
     jax.block_until_ready(state)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
       state = self.fn(state, *self.args)[0]
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / steps
     self.state = state
     self.times.append(seconds)
+    self.cpu_times.append((time.process_time() - start_cpu) / steps)
     return seconds
 
   @property
@@ -227,9 +231,11 @@ def _cell(value) -> str:
   return str(value)
 
 
-def paired_ratio(case: Case, reference: Case) -> float:
-  """Median over rounds of ``case``'s step time over ``reference``'s in the same round."""
-  return statistics.median(a / b for a, b in zip(case.times, reference.times))
+def paired_ratio(case: Case, reference: Case, cpu: bool = False) -> float:
+  """Median over rounds of ``case``'s step time over ``reference``'s in the same round (with
+  ``cpu``, of their CPU times)."""
+  mine, theirs = (case.cpu_times, reference.cpu_times) if cpu else (case.times, reference.times)
+  return statistics.median(a / b for a, b in zip(mine, theirs))
 
 
 def case_rows(cases: Sequence[Case], reference: Case) -> list[list[Any]]:

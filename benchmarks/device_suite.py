@@ -232,7 +232,7 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
     m = sgd_at.get(batch) if len(devs) == n else None
     if m is None:
       return measure_train(label, make_config(model, batch), data, devs)
-    m.case.times = []
+    m.case.times, m.case.cpu_times = [], []
     return m
 
   for batch in sizes["batches"]:
