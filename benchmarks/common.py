@@ -5,11 +5,13 @@ benchmark builds every side it compares in **one** process and times them in int
 (A B, then B A, ...): drift in the machine's load hits both sides alike and cancels in their
 ratio. Each side is a :class:`Case`: a compiled step with its donated state and one batch already
 on the devices (for lbjax's train step: ``Experiment.train_program`` over a `lbjax.mesh` mesh,
-the state a replicated global array, the batch a global array sharded over ``"batch"``). Its first call (trace + XLA compile + one step) is timed apart as ``compile_s``;
-every round after runs ``steps`` steps and waits with ``jax.block_until_ready``. A case's step
-time is the median over rounds of seconds per step; a ratio of two cases is the median over
-rounds of their per-round ratio (:func:`paired_ratio`): the two were timed next to each other in
-every round, so the ratio of each pair sees nearly the same load.
+the state a replicated global array, the batch a global array sharded over ``"batch"``). Its
+first call (trace + XLA compile + one step) is timed apart as ``compile_s``; every round after
+runs ``steps`` steps and waits with ``jax.block_until_ready``. A case's step time is the median
+over rounds of seconds per step; a ratio of two cases is the median over rounds of their
+per-round ratio (:func:`paired_ratio`): the two were timed next to each other in every round, so
+the ratio of each pair sees nearly the same load. Each round also records the process's CPU
+seconds per step (``Case.cpu_times``, ``paired_ratio(..., cpu=True)``).
 
 Memory, beside each step time:
 
