@@ -2,8 +2,8 @@ r"""Images/s of one optimizer update: the whole batch at once vs accumulated mic
 
 For each model, three train steps of the same global batch on one device, built by
 ``lbjax.step.build`` and run as ``train_and_evaluate`` runs them (``Experiment.train_program``
-on the one device's mesh, state donated, batch already on the device), timed in interleaved rounds in this one process
-(``benchmarks/common.py``):
+on the one device's mesh, state donated, batch already on the device), timed in interleaved
+rounds in this one process (``benchmarks/common.py``):
 
 * ``full``: one forward/backward pass over the whole batch;
 * ``scan``: ``config.accumulation="scan"``, the micro-batches in a ``lax.scan`` inside the step;

@@ -8,8 +8,9 @@ Needs only this repository and its Python packages: the images are synthetic, CI
 Every measurement runs the real data-parallel train step of `lbjax.step.build`
 (``Experiment.train_program``: ``jit(shard_map)`` over the devices' ``("batch",)`` mesh, state
 replicated and donated; augmentation ``standard`` = crop+flip+normalize on device, SGD with
-momentum 0.9 and weight decay unless said otherwise) on batches already on the devices, timed as in ``benchmarks/common.py``: compile
-apart, then interleaved rounds of several steps, medians. It measures
+momentum 0.9 and weight decay unless said otherwise) on batches already on the devices, timed as
+in ``benchmarks/common.py``: compile apart, then interleaved rounds of several steps, medians. It
+measures
 
 1. **throughput**: ResNet-18 images/s at global batch 256, 1024 and 4096 over all visible devices,
    ``config.model.dtype`` float32 against bfloat16; a batch whose step does not fit in device
