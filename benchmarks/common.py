@@ -3,12 +3,15 @@ r"""Shared timing for the benchmarks: interleaved rounds in one process, medians
 Timing noise between processes is ±20–40 % on the shared CPUs (``/work/shared/NOTES.md``), so a
 benchmark builds every side it compares in **one** process and times them in interleaved rounds
 (A B, then B A, ...): drift in the machine's load hits both sides alike and cancels in their
-ratio. Each side is a :class:`Case`: a pmapped step with its donated state and one batch already
-on the devices. Its first call (trace + XLA compile + one step) is timed apart as ``compile_s``;
-every round after runs ``steps`` steps and waits with ``jax.block_until_ready``. A case's step
-time is the median over rounds of seconds per step; a ratio of two cases is the median over
-rounds of their per-round ratio (:func:`paired_ratio`): the two were timed next to each other in
-every round, so the ratio of each pair sees nearly the same load.
+ratio. Each side is a :class:`Case`: a compiled step with its donated state and one batch already
+on the devices (for lbjax's train step: ``Experiment.train_program`` over a `lbjax.mesh` mesh,
+the state a replicated global array, the batch a global array sharded over ``"batch"``). Its
+first call (trace + XLA compile + one step) is timed apart as ``compile_s``; every round after
+runs ``steps`` steps and waits with ``jax.block_until_ready``. A case's step time is the median
+over rounds of seconds per step; a ratio of two cases is the median over rounds of their
+per-round ratio (:func:`paired_ratio`): the two were timed next to each other in every round, so
+the ratio of each pair sees nearly the same load. Each round also records the process's CPU
+seconds per step (``Case.cpu_times``, ``paired_ratio(..., cpu=True)``).
 
 Memory, beside each step time:
 
@@ -43,27 +46,28 @@ import optax  # pylint: disable=wrong-import-position
 
 from configs import default  # pylint: disable=wrong-import-position
 from lbjax import accumulate  # pylint: disable=wrong-import-position
-from lbjax import train  # pylint: disable=wrong-import-position
-from lbjax.data import pipeline  # pylint: disable=wrong-import-position
+from lbjax import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from lbjax import step as step_lib  # pylint: disable=wrong-import-position
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
 
 MIB = 2.0 ** 20
 
 
-def with_optimizer(exp: train.Experiment, tx: optax.GradientTransformation) -> train.Experiment:
+def with_optimizer(exp: step_lib.Experiment, tx: optax.GradientTransformation
+                   ) -> step_lib.Experiment:
   """``exp`` with its optimizer replaced by ``tx``: same model, data, augmentation and loss.
 
-  The train step is rebuilt with :func:`lbjax.train.make_step_parts` exactly as
-  :func:`lbjax.train.build` builds it (no SmoothOut, no K-FAC capture), so two experiments that
+  The train step is rebuilt with :func:`lbjax.step.make_step_parts` exactly as
+  :func:`lbjax.step.build` builds it (no SmoothOut, no K-FAC capture), so two experiments that
   differ only in ``tx`` run the same program around the optimizer update.
   """
   data = exp.data
-  parts = train.make_step_parts(
+  parts = step_lib.make_step_parts(
       exp.model, tx, augment_mode=exp.config.augment,
       num_classes=data.num_classes, mean=np.asarray(data.mean, np.float32),
       std=np.asarray(data.std, np.float32), learning_rate=exp.learning_rate)
   return exp._replace(tx=tx, train_parts=parts, train_step=accumulate.scan_step(
-      parts, exp.config.get("micro_batch_size")))
+      parts, exp.config.get("micro_batch_size"), axis_name=step_lib.AXIS))
 
 
 def tree_mib(tree) -> float:
@@ -85,6 +89,9 @@ class Case:
   xla_mib: float | None = None
   compile_s: float = float("nan")
   times: list = dataclasses.field(default_factory=list)  # seconds per step, one per round
+  # CPU seconds per step of this process (all threads), one per round: less sensitive than
+  # wall time to the other jobs on a shared machine, which take cores, not this process's work.
+  cpu_times: list = dataclasses.field(default_factory=list)
 
   def warm_up(self):
     """Compiles and runs one step (timed as ``compile_s``); records the XLA footprint."""
@@ -105,13 +112,14 @@ class Case:
     """Runs ``steps`` steps; returns and records seconds per step."""
     state = self.state
     jax.block_until_ready(state)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
       state = self.fn(state, *self.args)[0]
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / steps
     self.state = state
     self.times.append(seconds)
+    self.cpu_times.append((time.process_time() - start_cpu) / steps)
     return seconds
 
   @property
@@ -123,18 +131,20 @@ class Case:
     return self.examples / self.median
 
 
-def train_case(name: str, exp: train.Experiment,
-               devices: Sequence[jax.Device] | None = None) -> Case:
-  """The pmapped train step of ``exp`` as ``train_and_evaluate`` runs it (state donated) on
-  ``devices`` (default: all local), with batch 0 already on the devices."""
-  devices = list(jax.local_devices() if devices is None else devices)
-  state = exp.init_state()
-  batch = next(pipeline.prefetch_to_device([exp.train_batch(0, len(devices))], 1, devices))
-  return Case(name, exp.pmap_train_step(devices), train.replicate(state, devices), (batch,),
-              examples=exp.config.batch_size, state_mib=tree_mib(state))
+def train_case(name: str, exp: step_lib.Experiment,
+               devices: Sequence[jax.Device] | None = None, state=None) -> Case:
+  """The train step of ``exp`` as ``train_and_evaluate`` runs it (``exp.train_program`` over the
+  ``("batch",)`` mesh of ``devices``, default all local; state replicated and donated), with
+  batch 0 already on the devices, sharded over ``"batch"``. ``state``: a host train state to
+  start from (default ``exp.init_state()``)."""
+  mesh = mesh_lib.data_mesh(jax.local_devices() if devices is None else devices)
+  state = exp.init_state() if state is None else state
+  return Case(name, exp.train_program(mesh), mesh_lib.put_replicated(state, mesh),
+              (exp.put_train_batch(0, mesh),), examples=exp.config.batch_size,
+              state_mib=tree_mib(state))
 
 
-def update_case(name: str, exp: train.Experiment) -> Case:
+def update_case(name: str, exp: step_lib.Experiment) -> Case:
   """The optimizer update alone, ``tx.update`` + ``apply_updates`` jitted with the parameters
   and optimizer state donated, on ``exp``'s parameters and a fixed gradient (one device)."""
   state = exp.init_state()
@@ -223,9 +233,11 @@ def _cell(value) -> str:
   return str(value)
 
 
-def paired_ratio(case: Case, reference: Case) -> float:
-  """Median over rounds of ``case``'s step time over ``reference``'s in the same round."""
-  return statistics.median(a / b for a, b in zip(case.times, reference.times))
+def paired_ratio(case: Case, reference: Case, cpu: bool = False) -> float:
+  """Median over rounds of ``case``'s step time over ``reference``'s in the same round (with
+  ``cpu``, of their CPU times)."""
+  mine, theirs = (case.cpu_times, reference.cpu_times) if cpu else (case.times, reference.times)
+  return statistics.median(a / b for a, b in zip(mine, theirs))
 
 
 def case_rows(cases: Sequence[Case], reference: Case) -> list[list[Any]]:
@@ -265,7 +277,7 @@ def optimizer_config(args, optimizer: str, **settings):
   return c
 
 
-def compare_with_reference(args, exp: train.Experiment, label: str, reference_label: str,
+def compare_with_reference(args, exp: step_lib.Experiment, label: str, reference_label: str,
                            reference: Callable[[optax.Schedule], optax.GradientTransformation]
                            ) -> float:
   """Times ``exp``'s train step against the same step with ``reference(exp.learning_rate)`` as

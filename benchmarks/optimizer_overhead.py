@@ -1,7 +1,7 @@
 r"""Step time of every registered optimizer over plain SGD's, on the same model and batch.
 
 For each name in ``lbjax.optim.registry.OPTIMIZERS`` the train step of
-``lbjax.train.build(config)`` with ``config.optimizer = config_block(name, learning_rate=...)``
+``lbjax.step.build(config)`` with ``config.optimizer = config_block(name, learning_rate=...)``
 (every other hyperparameter at its factory's default; the registry supplies the decay mask):
 the real step, with K-FAC's statistics capture in the forward/backward pass for ``kfac``. The
 reference is ``sgd`` with momentum 0 and no weight decay, i.e. ``w ← w − η g``, the cheapest
@@ -22,7 +22,7 @@ Last line: ``ratio: X`` = the largest step-time ratio to plain SGD over all opti
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import jax  # pylint: disable=wrong-import-order
 
-from lbjax import train  # pylint: disable=wrong-import-order
+from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
 
 LEARNING_RATE = 0.01
@@ -37,10 +37,10 @@ def main(argv=None):
   names = args.only.split(",") if args.only else list(registry.OPTIMIZERS)
   devices = jax.local_devices()[:1]
 
-  reference = common.train_case(REFERENCE, train.build(common.optimizer_config(
+  reference = common.train_case(REFERENCE, step_lib.build(common.optimizer_config(
       args, "sgd", learning_rate=LEARNING_RATE, momentum=0.0, weight_decay=0.0)), devices)
   cases = [reference] + [
-      common.train_case(name, train.build(common.optimizer_config(
+      common.train_case(name, step_lib.build(common.optimizer_config(
           args, name, learning_rate=LEARNING_RATE)), devices) for name in names]
   common.interleave(cases, args.rounds, args.steps)
 
