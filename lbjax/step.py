@@ -54,6 +54,7 @@ from lbjax.errors import ConfigError
 from lbjax.optim import kfac_capture
 from lbjax.optim import registry
 from lbjax.optim import smoothout
+from lbjax.optim import trust
 
 AXIS = "batch"
 
@@ -115,7 +116,8 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: optax.Schedule,
                     perturb: Callable | None = None,
                     capture: Callable | None = None,
-                    log_noise_scale: bool = False) -> accumulate.StepParts:
+                    log_noise_scale: bool = False,
+                    log_trust_ratios: bool = False) -> accumulate.StepParts:
   """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
 
   ``perturb(params, step, seed)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the
@@ -131,6 +133,10 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
   norm of the gradient passed to ``tx.update``). Off, the step is exactly the one without them.
   The pieces (micro-batches, or halves on one device) come from the step around these parts
   (`lbjax.accumulate.scan_step`'s ``halves``).
+
+  ``log_trust_ratios`` (``config.log_trust_ratios``, `lbjax.config_lib.logs_trust_ratios`): the
+  metrics gain ``trust_ratio/<parameter path>``, the layer-wise factor this update applied to
+  each tensor (`lbjax.optim.trust_ratios`: LARS's λ_l, LAMB's ‖w‖/‖r‖; 1 outside LARS's mask).
   """
 
   def loss_fn(params, batch_stats, images, targets):
@@ -183,6 +189,8 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
     if log_noise_scale:
       metrics["grad_sq_small"] = terms["grad_sq"]
       metrics["grad_sq_big"] = metrics["grad_norm"] ** 2  # |G_{B_big}|², no second pass
+    if log_trust_ratios:  # what LARS/LAMB users debug with: each layer's factor of this update
+      metrics.update(trust.trust_ratio_metrics(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
@@ -310,7 +318,8 @@ def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = Non
                                 perturb=smoothout.from_config(config, total_steps),
                                 capture=kfac_capture.from_config(config.optimizer, model,
                                                                  cross_entropy),
-                                log_noise_scale=bool(config.get("log_noise_scale", False)))
+                                log_noise_scale=bool(config.get("log_noise_scale", False)),
+                                log_trust_ratios=config_lib.logs_trust_ratios(config))
   train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"),
                                     halves=bool(config.get("log_noise_scale", False)),
                                     axis_name=AXIS)
