@@ -65,14 +65,8 @@ def trust_ratio_metrics(opt_state: Any) -> dict[str, jax.Array]:
   ``/``-joined (``trust_ratio/Conv_0/kernel``): what the train step logs with
   ``config.log_trust_ratios``."""
   flat = jax.tree_util.tree_flatten_with_path(trust_ratios(opt_state))[0]
-  return {PREFIX + "/".join(_key_name(k) for k in path): value for path, value in flat}
-
-
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+  return {PREFIX + jax.tree_util.keystr(path, simple=True, separator="/"): value
+          for path, value in flat}
 
 
 def has_trust_ratios(tx: optax.GradientTransformation) -> bool:
