@@ -1,4 +1,5 @@
-r"""Hessian sharpness of a trained model: top eigenvalues, trace, and Keskar's ε-sharpness.
+r"""Hessian sharpness of a trained model: top eigenvalues, trace, Keskar's ε-sharpness, the
+spectral density and the sharpness of each module.
 
 The three numbers the large-batch literature compares (seeds 000 and 001 explain the large-batch
 accuracy gap by sharp versus flat minima):
@@ -18,23 +19,32 @@ accuracy gap by sharp versus flat minima):
     \phi_{\theta,f}(\varepsilon) = \frac{\max_{\delta \in C_\varepsilon} f(\theta + \delta)
       - f(\theta)}{1 + f(\theta)} \times 100.
 
+Beyond these three: the **eigenvalue density** of the Hessian by stochastic Lanczos quadrature
+(`spectral_density`; Ubaru, Chen & Saad 2017; Ghorbani, Krishnan & Xiao 2019; PyHessian Alg. 3),
+whose outliers and bulk show where the large eigenvalues sit, and per **module** (a layer's
+kernel and bias, a BatchNorm's scale and offset) the top eigenvalue and trace of the Hessian's
+diagonal block of its parameters (`layer_sharpness`), which say which layers are sharp.
+
 The Hessian-vector product is forward-over-reverse, :math:`Hv = \partial_t \nabla f(\theta + tv)
 |_{t=0}` (``jax.jvp`` of ``jax.grad``): one forward and one backward pass with tangents, about
 the cost of two gradients, never the :math:`n \times n` matrix. Each function takes any scalar
 ``loss_fn(params)`` over a parameter pytree; the flat vector is ``jax.flatten_util.ravel_pytree``'s.
 
-The command restores a finished run and measures its training loss::
+The command restores the model a finished run reports (`lbjax.analysis.runs.restore`: the
+trained weights; with ``config.swa.enabled`` the SWA average with BatchNorm recomputed; for a SWAP
+run phase 3's average), names it, and measures its training loss::
 
-    python -m lbjax.analysis.sharpness --workdir=RUN [--k=3] [--batches=N]
+    python -m lbjax.analysis.sharpness --workdir=RUN [--k=3] [--batches=N] [--density] [--layers]
 
 The loss is the mean cross-entropy over the first ``N`` training batches of the run's stream
 (``config.batch_size`` each, unaugmented: evaluation preprocessing) with **BatchNorm in evaluation
-mode** (``train=False``: the checkpoint's running statistics, not the batch's), so the loss is one
+mode** (``train=False``: the model's running statistics, not the batch's), so the loss is one
 fixed deterministic function of the weights whose Hessian is well defined. The batches are split
 over the local devices: every Hessian-vector product, loss and gradient is one ``jit(shard_map)``
 program over their mesh (`lbjax.mesh`) with ``lax.pmean`` of the per-device result, summed over
-the batches on the host in float64.
-The numbers go to ``RUN/sharpness.json`` and a table to stdout.
+the batches on the host in float64. The numbers go to ``RUN/sharpness.json`` and a table to
+stdout; ``--density`` adds ``RUN/density.png`` (and the arrays to the JSON), ``--layers`` a
+second table, one line per module.
 """
 
 from collections.abc import Callable, Sequence
@@ -755,7 +765,7 @@ def plot_density(grid: np.ndarray, density: np.ndarray, path: str, *, sigma: flo
                label="top eigenvalues (Lanczos, ARPACK)" if i == 0 else None)
   ax.set_xlabel("Hessian eigenvalue λ")
   ax.set_ylabel("spectral density")
-  ax.legend(fontsize=8, loc="upper center")
+  ax.legend(fontsize=8, loc="best")
   if title:
     ax.set_title(title, fontsize=9, wrap=True)
   fig.tight_layout()
