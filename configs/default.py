@@ -114,6 +114,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-logging-window decay of the moving averages of |G|² and tr(Σ) behind train_noise_scale
   # (in [0, 1); 0: each window alone). Resumable: a rerun replays metrics.jsonl with it.
   c.noise_scale_decay = 0.9
+  # Per-layer trust ratios (lbjax.optim.trust_ratios): the layer-wise factor each update applied
+  # to each tensor, LARS's λ_l (seed 000 Alg. 1) or LAMB's ‖w‖/‖r‖, logged as
+  # train_trust_ratio/<parameter path> (window means) to metrics.jsonl and TensorBoard, plotted by
+  # experiments/report.py. Needs an optimizer with trust ratios (lars, lamb); under SWAP, phase 2
+  # logs them only if config.swap.optimizer has them too. Costs metrics only; resumable.
+  c.log_trust_ratios = False
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3

@@ -93,13 +93,14 @@ def measure_sharpness(workdir: str, batches: int, batch_size: int, tol: float,
   seconds["hessian_trace"] = time.perf_counter() - t
   loss, _ = obj.value_and_grad(obj.x0)
   result = {
-      "workdir": os.path.abspath(workdir), "step": solution.step, "batches": batches,
+      "workdir": os.path.abspath(workdir), "model": solution.model, "step": solution.step,
+      "batches": batches,
       "batch_size": int(data[0]["label"].size), "devices": int(data[0]["label"].shape[0]),
       "train_loss": loss, "top_eigenvalues": eigenvalues.tolist(), "lanczos_tol": tol,
       "hessian_trace": float(np.mean(samples)),
       "hessian_trace_stderr": float(np.std(samples, ddof=1) / np.sqrt(len(samples))),
       "trace_samples": trace_samples, "seed": seed,
-      "batchnorm": "evaluation mode (running statistics of the checkpoint)", "seconds": seconds}
+      "batchnorm": "evaluation mode (the model's running statistics)", "seconds": seconds}
   path = os.path.join(workdir, sharpness.SHARPNESS_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=1)

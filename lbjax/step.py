@@ -56,6 +56,7 @@ from lbjax.errors import ConfigError
 from lbjax.optim import kfac_capture
 from lbjax.optim import registry
 from lbjax.optim import smoothout
+from lbjax.optim import trust
 
 AXIS = mesh_lib.AXIS  # the named device axis of every per-device program
 
@@ -121,7 +122,8 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
                     perturb: Callable | None = None,
                     capture: Callable | None = None,
                     log_noise_scale: bool = False,
-                    own_model: nn.Module | None = None) -> accumulate.StepParts:
+                    own_model: nn.Module | None = None,
+                    log_trust_ratios: bool = False) -> accumulate.StepParts:
   """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
 
   ``perturb(params, step, seed)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the
@@ -146,6 +148,10 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
   each device's moments its own, as Ghost BN of the piece), and ``grad_sq_small`` /
   ``grad_sq_big`` are the squared norms of those piece gradients and of their mean: one more
   forward/backward per piece, for the measurement only (training uses the shared moments).
+
+  ``log_trust_ratios`` (``config.log_trust_ratios``, `lbjax.config_lib.logs_trust_ratios`): the
+  metrics gain ``trust_ratio/<parameter path>``, the layer-wise factor this update applied to
+  each tensor (`lbjax.optim.trust_ratios`: LARS's λ_l, LAMB's ‖w‖/‖r‖; 1 outside LARS's mask).
   """
 
   def own_loss_fn(params, batch_stats, images, targets):
@@ -210,6 +216,8 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
         metrics["grad_sq_big"] = noise_scale.squared_norm(terms["grads_own"])
       else:
         metrics["grad_sq_big"] = metrics["grad_norm"] ** 2  # |G_{B_big}|², no second pass
+    if log_trust_ratios:  # what LARS/LAMB users debug with: each layer's factor of this update
+      metrics.update(trust.trust_ratio_metrics(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
@@ -349,7 +357,8 @@ def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = Non
                                 capture=kfac_capture.from_config(config.optimizer, model,
                                                                  cross_entropy),
                                 log_noise_scale=bool(config.get("log_noise_scale", False)),
-                                own_model=_own_model(config, model, data))
+                                own_model=_own_model(config, model, data),
+                                log_trust_ratios=config_lib.logs_trust_ratios(config))
   train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"),
                                     halves=bool(config.get("log_noise_scale", False)),
                                     axis_name=AXIS)

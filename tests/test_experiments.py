@@ -275,6 +275,47 @@ def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
     assert next(csv.reader(f)) == ["row", "column", "run", "status", "step", "seed", "value"]
 
 
+def _write_records(directory, records):
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, metrics_lib.METRICS_FILE), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_report_plots_each_runs_trust_ratios_over_training(tmp_path):
+  root = str(tmp_path / "runs")
+  workdir = _fabricated_run(root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.9)
+  _fabricated_run(root, "large,seed=0", lr=0.05, batch_size=128, seed=0, accuracy=0.9)
+  # A SWAP-shaped run: phase 1 (2 epochs) in phase1/, phase 2 (1 epoch) at the top level.
+  kernels = [0.02, 0.03, 0.05, 0.08]
+  _write_records(os.path.join(workdir, "phase1"), [
+      {"step": 5 * (i + 1), "train_loss": 1.0, "train_epoch": 0.5 * (i + 1),
+       "train_trust_ratio/Dense_0/bias": 1.0, "train_trust_ratio/Dense_0/kernel": kernels[i],
+       "train_trust_ratio/Dense_1/kernel": 10 * kernels[i]} for i in range(4)]
+      + [{"step": 20, "test_accuracy": 0.5, "epoch": 2.0}])
+  _write_records(workdir, [
+      {"step": 10, "train_loss": 0.5, "train_epoch": 1.0, "train_trust_ratio/Dense_0/bias": 1.0,
+       "train_trust_ratio/Dense_0/kernel": 0.1, "train_trust_ratio/Dense_1/kernel": 0.9},
+      {"step": 10, "test_accuracy": 0.9, "epoch": 1.0}])
+  curves = report_lib.trust_ratio_curves(workdir)
+  assert list(curves) == ["Dense_0/bias", "Dense_0/kernel", "Dense_1/kernel"]  # as logged
+  x, y = curves["Dense_0/kernel"]
+  np.testing.assert_allclose(x, [0.5, 1.0, 1.5, 2.0, 3.0])  # phase 2 after phase 1's 2 epochs
+  np.testing.assert_allclose(y, kernels + [0.1])
+  np.testing.assert_allclose(curves["Dense_1/kernel"][1], [0.2, 0.3, 0.5, 0.8, 0.9])
+  assert report_lib.trust_ratio_curves(os.path.join(root, "large,seed=0")) == {}
+  # The learning curve reads the same timeline as before.
+  np.testing.assert_allclose(report_lib.learning_curve(workdir)["train_loss"][0], [0.5, 1, 1.5, 2, 3])
+
+  out = report_lib.report(root, TINY_TABLE, str(tmp_path / "out"))
+  with open(out["paths"]["trust_ratios"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.basename(out["paths"]["trust_ratios"]) == f"{TINY_TABLE.name}_trust_ratios.png"
+  plain_root = str(tmp_path / "plain")
+  _fabricated_run(plain_root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.9)
+  assert "trust_ratios" not in report_lib.report(plain_root, TINY_TABLE,
+                                                 str(tmp_path / "plain_out"))["paths"]
+
+
 def test_digits_study_compare_is_difference_of_means_against_twice_its_standard_error():
   from experiments import digits_study  # pylint: disable=g-import-not-at-top
   delta, threshold, exceeds = digits_study.compare([1.0, 2.0, 3.0], [5.0, 6.0, 7.0])
