@@ -53,10 +53,10 @@ def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   ``config.copy_and_resolve_references()`` replaces each `FieldReference` by its value, so an unset
   ``config_dict.placeholder(int)`` becomes a plain ``None``, a field of type ``NoneType``: a later
   ``--config.<key>=32`` is then refused ("Type NoneType of field ... is not supported for
-  overriding"), and so is assigning a value of the placeholder's type inside a type-safe config.
-  Here each reference becomes a new, unshared placeholder of the same type holding the resolved
-  value; blocks are copied the same way, plain values as they are. The copy is locked where
-  ``config`` is.
+  overriding"), and a set placeholder becomes a plain value that loses its type once set to
+  None. Here each reference becomes a new, unshared placeholder of the same type holding the
+  resolved value (so it keeps its type through None and through further copies); blocks are
+  copied the same way, plain values as they are. The copy is locked where ``config`` is.
   """
   out = ml_collections.ConfigDict(type_safe=config.is_type_safe,
                                   convert_dict=config.convert_dict,
