@@ -4,7 +4,8 @@ A sweep is a list of override dicts, one per run: dotted config keys → values,
 replaces a whole block (`apply_overrides`), and the reserved key ``"run_name"`` names the run's
 directory (else the name is made from the overrides; a ``seed`` override is appended either way).
 A config built here keeps every typed placeholder of the one it starts from (`lbjax.dotted.copy`,
-`lbjax.dotted.block_like`), so each key of ``configs/default.py`` stays settable on the command line.
+`lbjax.dotted.block_like`), so each key of ``configs/default.py`` stays settable from the command
+line.
 """
 
 from collections.abc import Iterable
