@@ -483,5 +483,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   print(f"averaged model test accuracy: {results['test_accuracy']:.4f} ({num_replicas} replicas"
         f"{' SWA averages' if swa.enabled(config) else ''}, BatchNorm recomputed)", flush=True)
   summary = finish("completed", 3, total, **phase1, **results)
-  print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
+  print(f"final test accuracy: {results['result_test_accuracy']:.4f} (SWAP average of "
+        f"{'the SWA averages of ' if swa.enabled(config) else ''}{num_replicas} replicas, "
+        "BatchNorm recomputed)", flush=True)
   return summary

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from experiments import quickstart_seeds
 from experiments import report as report_lib
 from experiments import run as run_lib
 from experiments import tables
@@ -370,3 +371,30 @@ def test_digits_study_reports_seeds_sharpness_noise_scale_spread_and_skips_on_re
   assert mtimes == [os.path.getmtime(f) for f in files]  # nothing retrained or re-measured
   row = next(line for line in again.splitlines() if line.startswith("| 1_sb_sgd |"))
   assert row.endswith("| (earlier) |") and f"{np.mean(per_run['1_sb_sgd']):.2f} ± " in row
+
+
+def test_quickstart_seeds_table_reads_finished_runs_and_flags_a_missed_seed(tmp_path):
+  """experiments/quickstart_seeds.py: a finished run is read, not rerun; the table gives each
+  seed, the mean and the minimum, and says no for a row with a seed below the threshold."""
+  root = str(tmp_path)
+  for (name, seed), acc in {("sgd", 0): 0.98, ("sgd", 1): 0.96, ("nag", 0): 0.97,
+                            ("nag", 1): 0.103}.items():
+    workdir = os.path.join(root, quickstart_seeds.run_name(name, seed))
+    os.makedirs(workdir)
+    metrics_lib.write_status(workdir, "completed", 168, result_test_accuracy=acc)
+  results = {(n, s): quickstart_seeds.run_one(root, n, s) for n in ("sgd", "nag") for s in (0, 1)}
+  assert results[("nag", 1)] == {"status": "completed", "accuracy": 0.103, "seconds": None,
+                                 "error": None}
+  text, ok = quickstart_seeds.table(results, ["sgd", "nag"], [0, 1], 0.90)
+  assert not ok
+  rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
+          for line in text.splitlines()[2:]}
+  assert rows["sgd"][2:] == ["0.9800", "0.9600", "0.9700", "0.9600", "yes"]
+  assert rows["nag"][2:] == ["0.9700", "0.1030", "0.5365", "0.1030", "**no**"]
+  assert rows["nag"][1] == "learning_rate=0.5, momentum=0.9, weight_decay=0.0005"
+  _, ok = quickstart_seeds.table({k: v for k, v in results.items() if k[0] == "sgd"}, ["sgd"],
+                                 [0, 1], 0.90)
+  assert ok
+  assert quickstart_seeds.command("nag", 1, "W")[2:] == [
+      "lbjax.main", "--config=configs/quickstart.py:nag", "--workdir=W", "--config.seed=1",
+      "--config.progress_bar=False"]

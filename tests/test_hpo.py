@@ -20,6 +20,7 @@ import tempfile
 import time
 import types
 
+import ml_collections
 import optuna
 from optuna.trial import TrialState
 import pytest
@@ -34,6 +35,7 @@ from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
+from tests.test_swap import tiny_config as tiny_swap_config
 from tests.test_workdir import _hold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -370,6 +372,63 @@ def test_worker_skips_a_trial_whose_workdir_another_process_holds(tmp_path, caps
   assert trials[1].user_attrs["workdir"].endswith(os.path.join("sgd_32", "trial_1"))
   out = capsys.readouterr().out
   assert re.search(r"lbjax.hpo: trial 0 skipped: its workdir is in use by process \d+ on ", out), out
+
+
+def test_swap_study_tunes_phase_2_and_leaves_no_checkpoints(tmp_path, capsys):
+  """Issue 26 item 3: a space over a SWAP config tunes phase 2 through its ``swap.*`` keys (here
+  its learning rate and a placeholder of its schedule, the linear-scaling base batch), and with
+  ``hpo.keep_trial_checkpoints=False`` the finished trial keeps no checkpoint of any phase."""
+  workdir = str(tmp_path)
+  storage = storage_lib.default_storage(workdir)
+  config = tiny_swap_config(**{"validation_fraction": 0.1, "swap.phase1_stop_accuracy": None})
+  assert config.swap.schedule.base_batch_size is None  # a placeholder: the file does not scale
+  with config.unlocked():
+    config.search_space = ml_collections.ConfigDict({
+        "lr": {"key": "optimizer.learning_rate", "type": "float", "low": 0.01, "high": 0.1},
+        "swap_lr": {"key": "swap.optimizer.learning_rate", "type": "float", "low": 1e-3,
+                    "high": 0.1, "log": True},
+        "swap_base": {"key": "swap.schedule.base_batch_size", "type": "int", "low": 16,
+                      "high": 64}})
+  assert space_lib.settings(config)["keep_trial_checkpoints"] is False
+  point = {"lr": 0.05, "swap_lr": 0.0123, "swap_base": 32}
+  settings = space_lib.settings(config)
+  study = worker.load_or_create_study(config, "swap", storage_lib.open_storage(storage, settings),
+                                      settings)
+  study.enqueue_trial(point)
+  counts = worker.run_worker(config, study_name="swap", trials=1, workdir=workdir)
+  assert counts["complete"] == 1, counts
+  assert "tunes no config.swap" not in capsys.readouterr().out
+  trial = optuna.load_study(study_name="swap", storage=storage).trials[0]
+  assert trial.params == pytest.approx(point)
+  run_dir = trial.user_attrs["workdir"]
+  with open(os.path.join(run_dir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["optimizer"]["learning_rate"] == 0.05
+  assert saved["swap"]["optimizer"]["learning_rate"] == 0.0123
+  assert saved["swap"]["schedule"]["base_batch_size"] == 32
+  # Phase 2 trained at the suggested rate, linearly scaled to its batch of 16: 0.0123 * 16 / 32
+  # at the start of its cosine (the file's would be 0.02, unscaled); phase 1 at 0.05.
+  phase2 = [r["train_learning_rate"] for r in metrics_lib.read_metrics(run_dir)
+            if "train_learning_rate" in r]
+  assert phase2 and 0.5 * 0.00615 < max(phase2) <= 0.00615 * (1 + 1e-5), phase2
+  phase1 = [r["train_learning_rate"] for r in metrics_lib.read_metrics(
+      os.path.join(run_dir, "phase1")) if "train_learning_rate" in r]
+  assert phase1 and 0.5 * 0.05 < max(phase1) <= 0.05 * (1 + 1e-5), phase1
+  assert metrics_lib.read_status(run_dir)["phase"] == 3
+  # No checkpoint directory of any phase is left; configs, statuses and metrics are.
+  left = [root for root, dirs, _ in os.walk(workdir) for d in dirs if d == "checkpoints"]
+  assert not left, left
+  for name in ("metrics.jsonl", "status.json", os.path.join("phase1", "metrics.jsonl"),
+               os.path.join("phase1", "status.json")):
+    assert os.path.exists(os.path.join(run_dir, name)), name
+
+  # A space that names no swap.* key leaves phase 2 at the config's values: the worker says so.
+  with config.unlocked():
+    del config.search_space["swap_lr"], config.search_space["swap_base"]
+  assert space_lib.untuned_phase2_note(config) == (
+      "the search space tunes no config.swap.* key: SWAP's phase 2 runs config.swap.optimizer "
+      "(sgd, learning_rate 0.02) and config.swap.schedule as the config sets them in every trial")
+  assert space_lib.untuned_phase2_note(tiny_config()) is None  # no SWAP
 
 
 # --- PostgreSQL: worker processes sharing one study -----------------------------------------------

@@ -68,7 +68,7 @@ def launch(*args, devices):
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: "), run.stdout[-2000:]
-  return float(last.split(": ")[1])
+  return float(last.split(": ")[1].split()[0])
 
 
 DIGITS_FLAGS = ["--config.dataset=digits", "--config.image_size=32",

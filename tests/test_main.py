@@ -1,5 +1,6 @@
 """The launcher end to end, as a user runs it: quickstart, resume, bad input, two hosts."""
 
+import json
 import os
 import socket
 import subprocess
@@ -30,13 +31,36 @@ def test_quickstart_reaches_090_and_a_rerun_resumes(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")
-  accuracy = float(last.split(": ")[1])
+  accuracy = float(last.split(": ")[1].split()[0])
   assert accuracy >= 0.90
+  result = _status(workdir)["result_test_accuracy"]
+  assert last == f"final test accuracy: {result:.4f} (trained weights)"
   again = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
                  "--config.progress_bar=False", devices=1)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from step" in again.stdout
   assert again.stdout.strip().splitlines()[-1] == last
+
+
+def _status(workdir):
+  with open(os.path.join(workdir, "status.json")) as f:
+    return json.load(f)
+
+
+def test_swa_quickstart_last_line_is_the_swa_average(tmp_path):
+  """Issue 26 item 4: the last line names the model the run reports and gives its accuracy, the
+  number of ``result_test_accuracy`` (the SWA average, not the trained weights)."""
+  workdir = str(tmp_path / "swa")
+  run = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
+               "--config.progress_bar=False", "--config.swa.enabled=True",
+               "--config.swa.start_epoch=10", devices=1)
+  assert run.returncode == 0, run.stderr[-3000:]
+  status = _status(workdir)
+  assert status["result_test_accuracy"] == status["swa_test_accuracy"]
+  last = run.stdout.strip().splitlines()[-1]
+  assert last == (f"final test accuracy: {status['result_test_accuracy']:.4f} "
+                  "(SWA average, BatchNorm recomputed)")
+  assert status["result_test_accuracy"] >= 0.90
 
 
 def _snapshot(path):
