@@ -17,6 +17,7 @@ import pytest
 from lbjax.analysis import runs
 from lbjax.analysis import sharpness
 from tests import experiment_runs
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,33 +140,45 @@ def test_data_parallel_objective_equals_the_one_device_objective():
 CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3"]
 
 
+def _command(workdir, devices):
+  """Runs ``python -m lbjax.analysis.sharpness --workdir=workdir`` in a process that sees
+  ``devices`` simulated CPU devices; returns its stdout and its ``sharpness.json``."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
+                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=HANG_SECONDS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"BatchNorm in evaluation mode, {devices} device(s)" in proc.stdout, proc.stdout
+  assert "Hessian eigenvalue λ2" in proc.stdout, proc.stdout
+  assert f"wrote {workdir}/sharpness.json" in proc.stdout, proc.stdout
+  with open(os.path.join(workdir, sharpness.SHARPNESS_FILE)) as f:
+    return proc.stdout, json.load(f)
+
+
 def test_command_gives_the_same_numbers_on_one_and_on_four_devices(tmp_path):
+  """The command itself, in a process with 1 and in one with 4 devices: the same numbers up to
+  float reduction order."""
   source = experiment_runs.workdir("seed=0")  # LeNet-5 on 8x8 digits, 12 steps, batch 64
   one, four = str(tmp_path / "one"), str(tmp_path / "four")
   shutil.copytree(source, one)
   shutil.copytree(source, four)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  env.pop("NPROC", None)
-  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={one}",
-                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "BatchNorm in evaluation mode, 1 device(s)" in proc.stdout
-  assert "Hessian eigenvalue λ2" in proc.stdout and f"wrote {one}/sharpness.json" in proc.stdout
-  with open(os.path.join(one, sharpness.SHARPNESS_FILE)) as f:
-    r1 = json.load(f)
-
-  assert len(jax.local_devices()) == 4  # conftest: this process has 4 simulated devices
-  r4 = sharpness.measure(four, k=2, batches=2, trace_samples=20, max_iterations=3)
+  _, r1 = _command(one, 1)
+  _, r4 = _command(four, 4)
   assert (r1["devices"], r4["devices"]) == (1, 4)
-  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon"):
-    assert r1[key] == r4[key]
-  assert r1["batch_size"] == 64 and r1["step"] == 12
+  assert (r1["workdir"], r4["workdir"]) == (one, four)
+  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon", "seed",
+              "epsilon_iterations", "batchnorm"):
+    assert r1[key] == r4[key], key
+  assert r1["batch_size"] == 64 and r1["step"] == 12 and r1["batches"] == 2
+  assert len(r1["top_eigenvalues"]) == len(r4["top_eigenvalues"]) == 2
   np.testing.assert_allclose(r4["top_eigenvalues"], r1["top_eigenvalues"], rtol=1e-4)
   assert r1["top_eigenvalues"][0] >= r1["top_eigenvalues"][1] > 0
-  for key in ("train_loss", "hessian_trace", "epsilon_sharpness"):
+  for key in ("train_loss", "hessian_trace", "hessian_trace_stderr", "epsilon_sharpness",
+              "epsilon_max_loss"):
     assert r4[key] == pytest.approx(r1[key], rel=1e-4), key
-  assert r1["epsilon_sharpness"] > 0
+  assert r1["epsilon_sharpness"] > 0 and r1["hessian_trace_stderr"] > 0
 
   # The loss is the restored model's mean cross-entropy over the first two training batches.
   solution = runs.restore(four)
