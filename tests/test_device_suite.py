@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import device_suite  # pylint: disable=wrong-import-position
 
+from tests.hang import HANG_SECONDS
+
 
 def _tables(stdout: str) -> list[list[dict[str, str]]]:
   """Every Markdown table in ``stdout``: the sections streamed as measured, then the whole one."""
@@ -44,7 +46,7 @@ def test_smoke_run_prints_the_table_and_the_ratio():
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   run = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--smoke"], check=False,
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
   assert run.returncode == 0, run.stderr[-3000:]
 
   rows = _table(run.stdout)
