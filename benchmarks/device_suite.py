@@ -1,7 +1,7 @@
 r"""One command for a machine with an accelerator: what lbjax's train step does on this hardware.
 
     python benchmarks/device_suite.py            # GPU / TPU: ResNet-18, a few minutes
-    python benchmarks/device_suite.py --smoke    # any CPU: tiny sizes, < 60 s (run by the tests)
+    python benchmarks/device_suite.py --smoke    # any CPU: tiny sizes, ~45 s of CPU (run by the tests)
 
 Needs only this repository and its Python packages: the images are synthetic, CIFAR-shaped
 (32x32x3 uint8, 10 classes, drawn once from a seeded NumPy generator), so nothing is downloaded.

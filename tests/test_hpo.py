@@ -35,6 +35,7 @@ from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
+from tests.hang import HANG_SECONDS
 from tests.test_swap import tiny_config as tiny_swap_config
 from tests.test_workdir import _hold
 
@@ -525,7 +526,7 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
   victim = start_worker("sgd_pg", postgres.url, n, runs, logs[0])
   survivor = start_worker("sgd_pg", postgres.url, n, runs, logs[1])
   storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
-  deadline, killed = time.time() + 900, None
+  deadline, killed = time.time() + HANG_SECONDS, None
   try:
     while killed is None:
       assert time.time() < deadline and victim.poll() is None and survivor.poll() is None, (
@@ -579,7 +580,7 @@ def test_unreachable_or_refusing_database_is_one_line_with_the_password_masked(p
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          f"--storage=postgresql://hpo:s3cret@127.0.0.1:{port}/hpo", "--study=s", "--trials=1",
          f"--workdir={tmp_path}"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                        check=False)
   assert out.returncode == 1 and out.stdout == "", out.stderr[-3000:]
   assert out.stderr == (
@@ -613,7 +614,7 @@ def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
   procs = [start_worker("sgd_restart", url, n, runs, log, grace_period=60, num_epochs=0.49,
                         eval_every_epochs=0.49) for log in logs]
   storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
-  deadline = time.time() + 600
+  deadline = time.time() + HANG_SECONDS
   try:
     while True:
       assert time.time() < deadline and all(p.poll() is None for p in procs), (

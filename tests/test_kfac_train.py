@@ -13,6 +13,7 @@ from configs import seed002_kfac
 from configs import seed002_sgd
 from configs import sweeps
 from lbjax import train
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +65,7 @@ def launch(*args, devices):
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   run = subprocess.run([sys.executable, "-m", "lbjax.main", *args, "--config.progress_bar=False"],
-                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: "), run.stdout[-2000:]

@@ -19,6 +19,7 @@ import pytest
 from configs import quickstart
 from lbjax import optim
 from lbjax.optim import registry
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +136,7 @@ def test_launcher_quickstart_lamb_reaches_090(tmp_path):
   run_ = subprocess.run([sys.executable, "-m", "lbjax.main", "--config=configs/quickstart.py:lamb",
                          f"--workdir={tmp_path / 'run'}", "--config.progress_bar=False"],
                         check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+                        timeout=HANG_SECONDS)
   assert run_.returncode == 0, run_.stderr[-3000:]
   last = run_.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")

@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 
+from tests.hang import HANG_SECONDS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args, devices=4, timeout=600, env_extra=None, background=False):
+def launch(*args, devices=4, env_extra=None, background=False):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -20,7 +22,7 @@ def launch(*args, devices=4, timeout=600, env_extra=None, background=False):
   if background:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                         check=False)
 
 
@@ -82,7 +84,7 @@ def test_bad_input_in_a_real_process_names_the_key_and_leaves_the_workdir(tmp_pa
   before = _snapshot(str(workdir))
   key = "config.batch_size"
   run = launch("--config=configs/quickstart.py", f"--workdir={workdir}", "--config.batch_size=30",
-               devices=4, timeout=120)
+               devices=4)
   assert run.returncode != 0
   assert key in run.stderr, run.stderr[-2000:]
   assert "Traceback" not in run.stderr
@@ -120,7 +122,7 @@ def test_two_processes_match_one_process(tmp_path):
   procs = [launch(*short, f"--workdir={multi}", f"--coordinator_address=127.0.0.1:{port}",
                   "--num_processes=2", f"--process_id={i}", devices=1, background=True)
            for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  outs = [p.communicate(timeout=HANG_SECONDS)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   # Both processes evaluated the same global model on their shards and agree.

@@ -35,6 +35,7 @@ from lbjax import step as step_lib
 from lbjax.analysis import noise_scale as analysis_noise_scale
 from lbjax.data import augment
 from lbjax.data import pipeline
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 256
@@ -267,7 +268,7 @@ def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
   cmd = [sys.executable, "-m", "lbjax.main", "--config=configs/default.py", f"--workdir={workdir}",
          "--config.num_epochs=0.18", "--config.log_every_steps=1", "--config.progress_bar=False",
          "--config.log_noise_scale=True", "--config.noise_scale_decay=0.5"]
-  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                        check=False)
   assert run.returncode == 0, run.stdout + run.stderr
   records = [r for r in metrics_lib.read_metrics(str(workdir)) if "train_loss" in r]

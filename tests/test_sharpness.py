@@ -18,6 +18,7 @@ from lbjax import train
 from lbjax.analysis import runs
 from lbjax.analysis import sharpness
 from tests import experiment_runs
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,27 +142,37 @@ CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3",
              "--num_probes=2", "--num_steps=8", "--layers", "--layer_steps=8"]
 
 
+def _command(workdir, devices):
+  """Runs ``python -m lbjax.analysis.sharpness --workdir=workdir`` in a process that sees
+  ``devices`` simulated CPU devices; returns its stdout and its ``sharpness.json``."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
+                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=HANG_SECONDS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"BatchNorm in evaluation mode, {devices} device(s)" in proc.stdout, proc.stdout
+  assert "Hessian eigenvalue λ2" in proc.stdout, proc.stdout
+  assert f"wrote {workdir}/sharpness.json" in proc.stdout, proc.stdout
+  with open(os.path.join(workdir, sharpness.SHARPNESS_FILE)) as f:
+    return proc.stdout, json.load(f)
+
+
 def test_command_gives_the_same_numbers_on_one_and_on_four_devices(tmp_path):
+  """The command itself, in a process with 1 and in one with 4 devices: the same numbers up to
+  float reduction order."""
   source = experiment_runs.workdir("seed=0")  # LeNet-5 on 8x8 digits, 12 steps, batch 64
   one, four = str(tmp_path / "one"), str(tmp_path / "four")
   shutil.copytree(source, one)
   shutil.copytree(source, four)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  env.pop("NPROC", None)
-  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={one}",
-                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"{one}: trained weights (step 12); training loss" in proc.stdout
-  assert "BatchNorm in evaluation mode, 1 device(s)" in proc.stdout
-  assert "Hessian eigenvalue λ2" in proc.stdout and f"wrote {one}/sharpness.json" in proc.stdout
-  assert f"wrote {one}/density.png" in proc.stdout
-  with open(os.path.join(one, sharpness.SHARPNESS_FILE)) as f:
-    r1 = json.load(f)
+  stdout, r1 = _command(one, 1)
+  assert f"{one}: trained weights (step 12); training loss" in stdout
+  assert f"wrote {one}/density.png" in stdout
   with open(os.path.join(one, "density.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   # The per-module table: one line per module of LeNet-5, its λ_max and trace.
-  lines = proc.stdout.splitlines()
+  lines = stdout.splitlines()
   header = next(i for i, line in enumerate(lines) if line.startswith("module "))
   assert lines[header].split() == ["module", "params", "λ_max", "trace", "±", "stderr"]
   table = {line.split()[0]: line.split() for line in lines[header + 1:header + 6]}
@@ -169,19 +180,20 @@ def test_command_gives_the_same_numbers_on_one_and_on_four_devices(tmp_path):
   for name, row in table.items():
     assert int(row[1]) == r1["layers"][name]["size"]
     assert float(row[2]) == pytest.approx(r1["layers"][name]["lambda_max"], rel=1e-4)
-
-  assert len(jax.local_devices()) == 4  # conftest: this process has 4 simulated devices
-  r4 = sharpness.measure(four, k=2, batches=2, trace_samples=20, max_iterations=3, density=True,
-                         num_probes=2, num_steps=8, layers=True, layer_steps=8)
+  _, r4 = _command(four, 4)
   assert (r1["devices"], r4["devices"]) == (1, 4)
-  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon", "model"):
-    assert r1[key] == r4[key]
-  assert r1["batch_size"] == 64 and r1["step"] == 12
+  assert (r1["workdir"], r4["workdir"]) == (one, four)
+  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon", "seed",
+              "epsilon_iterations", "batchnorm", "model"):
+    assert r1[key] == r4[key], key
+  assert r1["batch_size"] == 64 and r1["step"] == 12 and r1["batches"] == 2
+  assert len(r1["top_eigenvalues"]) == len(r4["top_eigenvalues"]) == 2
   np.testing.assert_allclose(r4["top_eigenvalues"], r1["top_eigenvalues"], rtol=1e-4)
   assert r1["top_eigenvalues"][0] >= r1["top_eigenvalues"][1] > 0
-  for key in ("train_loss", "hessian_trace", "epsilon_sharpness"):
+  for key in ("train_loss", "hessian_trace", "hessian_trace_stderr", "epsilon_sharpness",
+              "epsilon_max_loss"):
     assert r4[key] == pytest.approx(r1[key], rel=1e-4), key
-  assert r1["epsilon_sharpness"] > 0
+  assert r1["epsilon_sharpness"] > 0 and r1["hessian_trace_stderr"] > 0
   # The density and the modules' blocks on 4 devices are those on 1.
   d1, d4 = r1["density"], r4["density"]
   np.testing.assert_allclose(np.asarray(d4["ritz_values"]), np.asarray(d1["ritz_values"]),
