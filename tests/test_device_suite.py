@@ -39,7 +39,7 @@ def _table(stdout: str) -> list[dict[str, str]]:
 
 def test_smoke_run_prints_the_table_and_the_ratio_within_a_minute_of_cpu():
   env = dict(os.environ)
-  # Two simulated devices: pmap over 1 and 2, SWAP replicas laid out on both.
+  # Two simulated devices: data parallel over 1 and 2 ("pmap" rows), SWAP replicas on both.
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
