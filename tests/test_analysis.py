@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from lbjax import evaluation
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
-from lbjax import train
+from lbjax import step as step_lib
 from lbjax.analysis import interpolate as interpolate_cli
 from lbjax.analysis import interpolation
 from lbjax.analysis import runs
@@ -67,11 +69,11 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
     assert curve["test_accuracy"][i] == pytest.approx(status["test_accuracy"], abs=1e-9)
     # The training loss: the restored checkpoint evaluated on the training split directly.
     sol = runs.restore(workdir)
-    p_eval = jax.pmap(sol.exp.eval_step, axis_name=train.AXIS)
-    from flax import jax_utils  # pylint: disable=g-import-not-at-top
-    direct = train.evaluate(p_eval, jax_utils.replicate(sol.params),
-                            jax_utils.replicate(sol.batch_stats), sol.exp.data.train,
-                            batch_size=256)
+    mesh = mesh_lib.data_mesh()
+    direct = evaluation.evaluate(sol.exp.eval_program(mesh),
+                                 mesh_lib.put_replicated(sol.params, mesh),
+                                 mesh_lib.put_replicated(sol.batch_stats, mesh),
+                                 sol.exp.data.train, batch_size=256, mesh=mesh)
     assert curve["train_loss"][i] == pytest.approx(direct["loss"], rel=1e-5)
   assert result["steps"] == [12, 12]
   with open(out, "rb") as f:
@@ -82,7 +84,7 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
 
 def test_batchnorm_statistics_are_recomputed_for_the_weights_evaluated():
   config = small_config(**{"model.name": "resnet_tiny", "image_size": 8, "batch_size": 256})
-  exp = train.build(config)
+  exp = step_lib.build(config)
   state = jax.device_get(exp.init_state())
   evaluator = interpolation.Evaluator(exp, max_train_examples=64)
   garbage = jax.tree.map(lambda s: s + 5.0, state.batch_stats)
