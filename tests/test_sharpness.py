@@ -115,7 +115,7 @@ def test_epsilon_sharpness_of_a_separable_quadratic_is_its_closed_form(at_minimu
 
 
 def test_data_parallel_objective_equals_the_one_device_objective():
-  """The pmapped loss, gradient and HVPs over 4 devices and 3 batches equal those of the mean
+  """The data-parallel loss, gradient and HVPs over 4 devices and 3 batches equal those of the mean
   loss over all examples on one device."""
   rng = np.random.default_rng(2)
   w_true = rng.standard_normal(6)
