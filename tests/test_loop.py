@@ -1,4 +1,5 @@
-"""The one loop (`lbjax.loop.run`) on a scripted Trainer: cadence, divergence, callback, replicas."""
+"""The one loop (`lbjax.loop.run`) on a scripted Trainer: cadence, divergence, callback, replicas,
+preemption."""
 
 import os
 import signal
