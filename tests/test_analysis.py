@@ -13,6 +13,7 @@ from lbjax import evaluation
 from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
 from lbjax import runners
+from lbjax import step as step_lib
 from lbjax import swa
 from lbjax import train
 from lbjax.analysis import interpolate as interpolate_cli
@@ -75,11 +76,11 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
     assert curve["test_accuracy"][i] == pytest.approx(status["test_accuracy"], abs=1e-9)
     # The training loss: the restored checkpoint evaluated on the training split directly.
     sol = runs.restore(workdir)
-    p_eval = jax.pmap(sol.exp.eval_step, axis_name=train.AXIS)
-    from flax import jax_utils  # pylint: disable=g-import-not-at-top
-    direct = train.evaluate(p_eval, jax_utils.replicate(sol.params),
-                            jax_utils.replicate(sol.batch_stats), sol.exp.data.train,
-                            batch_size=256)
+    mesh = mesh_lib.data_mesh()
+    direct = evaluation.evaluate(sol.exp.eval_program(mesh),
+                                 mesh_lib.put_replicated(sol.params, mesh),
+                                 mesh_lib.put_replicated(sol.batch_stats, mesh),
+                                 sol.exp.data.train, batch_size=256, mesh=mesh)
     assert curve["train_loss"][i] == pytest.approx(direct["loss"], rel=1e-5)
   assert result["steps"] == [12, 12]
   with open(out, "rb") as f:
@@ -90,7 +91,7 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
 
 def test_batchnorm_statistics_are_recomputed_for_the_weights_evaluated():
   config = small_config(**{"model.name": "resnet_tiny", "image_size": 8, "batch_size": 256})
-  exp = train.build(config)
+  exp = step_lib.build(config)
   state = jax.device_get(exp.init_state())
   evaluator = interpolation.Evaluator(exp, max_train_examples=64)
   garbage = jax.tree.map(lambda s: s + 5.0, state.batch_stats)
@@ -132,7 +133,7 @@ def test_an_swa_run_is_measured_at_its_swa_average_with_batchnorm_recomputed(tmp
   config = _swa_config()
   summary = train.train_and_evaluate(config, workdir)
   assert summary["status"] == "completed" and summary["swa_models"] == 4
-  exp = train.build(config)
+  exp = step_lib.build(config)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   step, state = ckpt.restore_latest(jax.device_get(exp.init_state()))
   ckpt.close()

@@ -1,15 +1,19 @@
-"""The train step and the eval step compile exactly once per run: no recompilation after step 1.
+"""The train program and the eval program compile exactly once per run: no recompilation after
+step 1.
 
 A recompilation costs as much as the first compile (tens of seconds for a ResNet on CPU) and is
-easy to introduce without noticing: a state whose arrays differ from the step's own outputs in
-dtype, weak type or sharding makes the second call compile again (with jax 0.10,
-``flax.jax_utils.replicate``'s mesh axis name is enough, see ``lbjax.train.replicate``).
+easy to introduce without noticing: a state whose arrays differ from the program's own outputs
+in dtype, weak type or sharding makes the second call compile again (with jax 0.10, a state
+replicated over a mesh whose axis has another name is enough). The train program donates the
+replicated state and gets back its own outputs, so from step 2 on its arguments are the ones
+it returned.
 
 :class:`CompileCounter` listens to JAX's backend-compile event (``jax.monitoring``), which fires
 once per XLA compilation and never for a cache hit, and attributes each compilation to the lbjax
-source line that triggered it, the innermost frame in ``lbjax/``. The pmapped steps are called on
-exactly two lines of ``lbjax/train.py``: ``p_train_step(state, batch)`` in the loop and
-``p_eval_step(params, batch_stats, batch)`` in ``evaluate``.
+source line that triggered it, the innermost frame in ``lbjax/``. The two ``jit(shard_map(...))``
+programs (`lbjax.mesh.data_parallel`) are called on exactly two lines:
+``self.train_program(self.state, batch)`` in `lbjax.train.Run.step` and
+``eval_program(params, batch_stats, batch)`` in `lbjax.evaluation.evaluate`.
 """
 
 import collections
@@ -17,11 +21,12 @@ import linecache
 import os
 import shutil
 import sys
+import types
 
-import flax
 import jax
 import pytest
 
+from lbjax import mesh as mesh_lib
 from lbjax import train
 from tests.test_train import small_config
 
@@ -81,8 +86,8 @@ def compile_config():
                          "checkpoint_every_steps": 4})
 
 
-TRAIN_CALL = "p_train_step(state, batch)"
-EVAL_CALL = "p_eval_step(params, batch_stats, batch)"
+TRAIN_CALL = "self.train_program(self.state, batch)"
+EVAL_CALL = "eval_program(params, batch_stats, batch)"
 
 
 def test_a_run_and_its_resumption_compile_each_step_once(tmp_path):
@@ -108,9 +113,14 @@ def test_a_run_and_its_resumption_compile_each_step_once(tmp_path):
 
 
 def test_the_counter_sees_a_recompilation(tmp_path, monkeypatch):
-  # The bug the first test guards against: a replicated state that differs from the step's
-  # outputs only in its sharding's mesh axis name compiles the train step a second time.
-  monkeypatch.setattr(train, "replicate", flax.jax_utils.replicate)
+  # The bug the first test guards against: a replicated state that differs from the program's
+  # outputs only in its sharding's mesh axis name compiles the train program a second time.
+  def put_on_another_axis(tree, mesh):
+    other = jax.sharding.Mesh(mesh.devices, ("another",))
+    return jax.device_put(tree, jax.sharding.NamedSharding(other, jax.sharding.PartitionSpec()))
+
+  patched = types.SimpleNamespace(**{**vars(mesh_lib), "put_replicated": put_on_another_axis})
+  monkeypatch.setattr(train, "mesh_lib", patched)  # lbjax.train's initial state only
   with CompileCounter() as counter:
     summary = train.train_and_evaluate(compile_config(), str(tmp_path / "run"))
   assert summary["status"] == "completed"

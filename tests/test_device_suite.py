@@ -42,7 +42,7 @@ def test_smoke_run_prints_the_table_and_the_ratio():
   """What the smoke run prints, not how long it takes (its time is a figure in BENCHMARKS.md;
   a test's result must not depend on how busy the machine is)."""
   env = dict(os.environ)
-  # Two simulated devices: pmap over 1 and 2, SWAP replicas laid out on both.
+  # Two simulated devices: data parallel over 1 and 2 ("pmap" rows), SWAP replicas on both.
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   run = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--smoke"], check=False,

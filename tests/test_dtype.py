@@ -223,7 +223,7 @@ def test_launcher_refuses_float16_in_one_line(tmp_path):
   assert not workdir.exists()
 
 
-def test_launcher_bfloat16_with_accumulation_pmap_and_swap_vmap(tmp_path):
+def test_launcher_bfloat16_with_accumulation_data_parallel_and_swap_vmap(tmp_path):
   """bfloat16 through every wrapper of the step at once: 4 devices, micro-batches of 8 (2 per
   device and step), SWAP with 4 vmapped replicas. Measured: phase 1 0.892, the average 0.928."""
   run = _launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",

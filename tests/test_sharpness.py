@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lbjax import train
+from lbjax import step as step_lib
 from lbjax.analysis import runs
 from lbjax.analysis import sharpness
 from tests import experiment_runs
@@ -230,7 +230,7 @@ def test_the_commands_loss_uses_batchnorm_in_evaluation_mode():
 
   config = quickstart.get_config()
   config.model.name, config.image_size, config.batch_size = "resnet_tiny", 8, 8
-  exp = train.build(config)
+  exp = step_lib.build(config)
   state = jax.device_get(exp.init_state())
   rng = np.random.default_rng(0)
   stats = jax.tree_util.tree_map_with_path(

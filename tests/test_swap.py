@@ -14,6 +14,7 @@ import pytest
 from configs import swap_digits
 from configs import sweeps
 from lbjax import checkpoint as checkpoint_lib
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
 from lbjax import runners
 from lbjax import step as step_lib
@@ -71,16 +72,18 @@ def _phase1_state(config, data):
 
 
 def _normal_run(config, data, state1, steps, devices):
-  """A normal run of ``config`` on ``devices`` from phase-1 weights ``state1``, by the launcher's
-  own pieces: its Experiment, a fresh optimizer state, its own data stream."""
+  """A normal run of ``config`` on a mesh of ``devices`` from phase-1 weights ``state1``, by the
+  launcher's own pieces: its Experiment and train program, a fresh optimizer state, its own
+  data stream."""
   exp = step_lib.build(config, data)
   state = exp.init_state().replace(params=state1.params, batch_stats=state1.batch_stats,
                                    opt_state=exp.tx.init(state1.params))
-  p_step = exp.pmap_train_step(devices)
-  state = step_lib.replicate(state, devices)
+  mesh = mesh_lib.data_mesh(devices)
+  program = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(state, mesh)
   for s in range(steps):
-    state, _ = p_step(state, exp.train_batch(s, local_device_count=len(devices)))
-  return step_lib.unreplicate(state)
+    state, _ = program(state, exp.put_train_batch(s, mesh))
+  return mesh_lib.to_host(state)
 
 
 def _swap_replicas(config, data, state1, steps, execution, devices):

@@ -13,6 +13,7 @@ from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import metrics as metrics_lib
 from lbjax import optim
+from lbjax import step as step_lib
 from lbjax import swap
 from lbjax import train
 from lbjax.errors import ConfigError
@@ -53,7 +54,7 @@ def test_lars_run_writes_each_layers_trust_ratio(tmp_path, capsys):
   assert summary["status"] == "completed" and summary["step"] == 5
   records = [r for r in metrics_lib.read_metrics(workdir) if "train_loss" in r]
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
-  exp = train.build(config)
+  exp = step_lib.build(config)
   paths = ["/".join(k.key for k in path)
            for path, _ in jax.tree_util.tree_flatten_with_path(exp.init_state().params)[0]]
   assert "conv1/kernel" in paths and "conv1/bias" in paths  # LeNet-5's names
