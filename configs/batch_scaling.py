@@ -24,7 +24,12 @@ One device per run, the batch measured in two halves: on one device lbjax estima
 from the two halves of the batch (``B_small = B/2``, ``B_big = B``). Here the halves are
 micro-batches run one after the other by the host (``micro_batch_size = B/2``,
 ``accumulation = "host"``): the same update as the whole batch (LeNet has no BatchNorm), and the
-same two squared norms the one-program halves would give.
+same two squared norms the one-program halves would give. (Those halves, a ``lax.scan`` inside
+`lbjax.accumulate.scan_step`, do not trace under ``jax.shard_map`` at this commit: the scan's
+zero carry is device-invariant, its output varying. And on several devices the step's
+``grad_sq_small`` equals ``grad_sq_big`` at this commit: ``shard_map``'s ``check_vma`` sums the
+gradient of the replicated parameters over the devices before the per-device norm is taken, and
+the update uses that sum, D times the mean. Hence one device per run.)
 """
 
 import math

@@ -116,8 +116,8 @@ class Settings(NamedTuple):
 
   def config(self, point: Point):
     eval_every, max_steps = self.cadence(point.batch_size)
-    return study.run_config(point.optimizer, point.batch_size, point.learning_rate,
-                                 point.seed, eval_every, max_steps)
+    return study.run_config(point.optimizer, point.batch_size, point.learning_rate, point.seed,
+                            eval_every, max_steps)
 
 
 def round_lr(lr: float) -> float:
