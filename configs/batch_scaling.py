@@ -20,11 +20,12 @@ One run alone (batch 64, learning rate 0.02, until the budget)::
 
 The argument picks the optimizer (a key of ``OPTIMIZERS``; default ``sgd``).
 
-One device per run, the batch measured in two halves: on one device lbjax estimates B_simple
-from the two halves of the batch (``B_small = B/2``, ``B_big = B``). Here the halves are
-micro-batches run one after the other by the host (``micro_batch_size = B/2``,
-``accumulation = "host"``): the same update as the whole batch (LeNet has no BatchNorm), and the
-same two squared norms the one-program halves would give.
+One device per run (runs of a study go in parallel processes, one core each), the batch
+measured in two halves: on one device lbjax estimates B_simple from the two halves of the batch
+(``B_small = B/2``, ``B_big = B``). Here the halves are micro-batches run one after the other by
+the host (``micro_batch_size = B/2``, ``accumulation = "host"``): the same update as the whole
+batch (LeNet has no BatchNorm) and the same two squared norms as the in-program halves, at the
+host-loop speed XLA:CPU prefers for small batches (`lbjax.accumulate`).
 """
 
 import math

@@ -116,8 +116,8 @@ class Settings(NamedTuple):
 
   def config(self, point: Point):
     eval_every, max_steps = self.cadence(point.batch_size)
-    return study.run_config(point.optimizer, point.batch_size, point.learning_rate,
-                                 point.seed, eval_every, max_steps)
+    return study.run_config(point.optimizer, point.batch_size, point.learning_rate, point.seed,
+                            eval_every, max_steps)
 
 
 def round_lr(lr: float) -> float:
@@ -254,10 +254,14 @@ def tpe_score(measured: Sequence[Measured], target: float, max_steps: int) -> fl
   return max_steps * (2.0 + target - float(best))
 
 
-def tune_tpe(settings: Settings, optimizer: str, batch_size: int, trials: int
-             ) -> list[dict[str, Any]]:
+def tune_tpe(settings: Settings, optimizer: str, batch_size: int, trials: int,
+             dry_run: bool = False) -> list[dict[str, Any]] | None:
   """``trials`` TPE trials of one batch size, one after the other (each: every seed at one
-  learning rate); returns the summaries of the runs this call trained."""
+  learning rate); returns the summaries of the runs this call trained.
+
+  With ``dry_run`` nothing is trained: the finished trials are replayed and None is returned at
+  the first run still to train (``[]`` when every run is finished).
+  """
   import optuna  # pylint: disable=g-import-not-at-top
 
   from lbjax.hpo import worker as hpo_worker  # pylint: disable=g-import-not-at-top
@@ -278,6 +282,8 @@ def tune_tpe(settings: Settings, optimizer: str, batch_size: int, trials: int
     for seed in range(settings.seeds):
       point = settings.point(optimizer, batch_size, lr, seed)
       if not measure(point.workdir, settings.target).finished:
+        if dry_run:
+          return None
         summary = train(settings.config(point).to_json(), point.workdir, settings.target)
         trained.append(summary)
       measured.append(measure(point.workdir, settings.target))
@@ -343,6 +349,7 @@ class Fit(NamedTuple):
   b_noise_err: float
   points: int
   rms_log: float  # root-mean-square residual of log S
+  at_bound: bool = False  # B_noise at a bound of the fit: no scaling or pure 1/B in the range
 
   def predict(self, batch_sizes) -> np.ndarray:
     return self.s_min * (1.0 + self.b_noise / np.asarray(batch_sizes, float))
@@ -375,7 +382,10 @@ def fit_scaling(batch_sizes: Sequence[float], steps: Sequence[float]) -> Fit | N
   err = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(2, np.nan)
   s_min, b_noise = float(np.exp(popt[0])), float(np.exp(popt[1]))
   rms = float(np.sqrt(np.mean((model(b, *popt) - np.log(s)) ** 2)))
-  return Fit(s_min, s_min * float(err[0]), b_noise, b_noise * float(err[1]), int(b.size), rms)
+  at_bound = any(math.isclose(popt[1], bound, rel_tol=1e-6) for bound in (bounds[0][1],
+                                                                          bounds[1][1]))
+  return Fit(s_min, s_min * float(err[0]), b_noise, b_noise * float(err[1]), int(b.size), rms,
+             at_bound)
 
 
 def fit_cells(cells: Sequence[Cell]) -> Fit | None:
@@ -455,9 +465,11 @@ def fit_line(optimizer: str, cells: Sequence[Cell]) -> str:
     return f"* **{optimizer}**: no fit (fewer than two batch sizes reached the target); {measured}."
   ratio = (f"; fitted B_noise / measured B_simple = {fit.b_noise / np.mean(b_simple):.2g}"
            if b_simple else "")
+  bound = (" at a bound of the fit: the steps do not follow the law in this range (no gain "
+           "with B, or 1/B throughout)" if fit.at_bound else "")
   return (f"* **{optimizer}**: S_min = {_pm(fit.s_min, fit.s_min_err)} steps, "
-          f"B_noise = {_pm(fit.b_noise, fit.b_noise_err)} ({fit.points} points, rms residual "
-          f"{fit.rms_log:.3f} in log S); {measured}{ratio}.")
+          f"B_noise = {_pm(fit.b_noise, fit.b_noise_err)}{bound} ({fit.points} points, rms "
+          f"residual {fit.rms_log:.3f} in log S); {measured}{ratio}.")
 
 
 def _regime(vs_same: bool | None, vs_half: bool | None) -> str:
@@ -533,6 +545,7 @@ def plot(cells_by_optimizer: dict[str, list[Cell]], target: float, path: str) ->
   grid = np.geomspace(all_batches[0] / 1.4, all_batches[-1] * 1.4, 100)
   offsets = np.linspace(-0.08, 0.08, len(cells_by_optimizer)) if len(cells_by_optimizer) > 1 else [
       0.0]
+  handles = []  # the legend, one column per optimizer
   for i, (optimizer, cells) in enumerate(cells_by_optimizer.items()):
     color = colors(i % 10)
     shift = 2.0 ** offsets[i]  # optimizers side by side on the learning-rate panel
@@ -547,21 +560,23 @@ def plot(cells_by_optimizer: dict[str, list[Cell]], target: float, path: str) ->
     b = np.array([c.batch_size for c in done], float)
     mean = np.array([np.mean(c.steps) for c in done])
     std = np.array([np.std(c.steps, ddof=1) if len(c.steps) > 1 else 0.0 for c in done])
-    ax.errorbar(b, mean, yerr=std, fmt="o-", color=color, lw=1.5, capsize=3,
-                label=f"{optimizer}: measured (best lr per batch, mean ± std over seeds)")
+    handles.append(ax.errorbar(
+        b, mean, yerr=std, fmt="o-", color=color, lw=1.5, capsize=3,
+        label=f"{optimizer}: measured (best lr per batch, mean ± std over seeds)"))
     for c in done:
       ax.plot([c.batch_size] * len(c.steps), c.steps, ".", color=color, alpha=0.4, ms=5)
     fit = fit_cells(cells)
     if fit is not None:
-      ax.plot(grid, fit.predict(grid), "--", color=color, lw=1.2,
-              label=f"{optimizer}: fit S_min(1 + B_noise/B): S_min = {fit.s_min:.3g}, "
-              f"B_noise = {fit.b_noise:.3g}")
-    ax.plot(grid, mean[0] * b[0] / grid, ":", color=color, lw=1.2,
-            label=f"{optimizer}: perfect scaling (S ∝ 1/B from B = {int(b[0])})")
+      handles += ax.plot(grid, fit.predict(grid), "--", color=color, lw=1.2,
+                         label=f"{optimizer}: fit S_min(1 + B_noise/B): S_min = "
+                         f"{fit.s_min:.3g}, B_noise = {fit.b_noise:.3g}")
+    handles += ax.plot(grid, mean[0] * b[0] / grid, ":", color=color, lw=1.2,
+                       label=f"{optimizer}: perfect scaling (S ∝ 1/B from B = {int(b[0])})")
     b_simple = [v for c in cells for v in c.b_simple]
     if b_simple:
-      ax.axvline(np.mean(b_simple), color=color, lw=0.8, alpha=0.5,
-                 label=f"{optimizer}: measured B_simple = {np.mean(b_simple):.3g} (mean)")
+      handles.append(ax.axvline(
+          np.mean(b_simple), color=color, lw=0.8, alpha=0.5,
+          label=f"{optimizer}: measured B_simple = {np.mean(b_simple):.3g} (mean)"))
     ax_lr.plot(b * shift, [c.best_lr for c in done], "o-", color=color,
                label=f"{optimizer}: best")
   plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -579,14 +594,16 @@ def plot(cells_by_optimizer: dict[str, list[Cell]], target: float, path: str) ->
   ax.set_ylabel(f"steps to {100 * target:g}% validation accuracy")
   ax.set_title("Steps to target against batch size (each batch its own tuned learning rate)",
                fontsize=10)
-  ax.legend(fontsize=7, loc="lower left")
+  if handles:
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+              ncol=len(cells_by_optimizer))
   ax_lr.plot([], [], "o", color="gray", mfc="none", label="tried: every seed reached the target")
   ax_lr.plot([], [], "x", color="gray", label="tried: not every seed reached it")
   ax_lr.set_ylabel("learning rate")
   ax_lr.set_title("Learning rates tried and the best", fontsize=10)
   ax_lr.legend(fontsize=7, loc="upper left")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -633,7 +650,8 @@ def run(root: str, optimizers: Sequence[str] = (study.OPTIMIZER,),
   for optimizer in optimizers:
     for batch in batch_sizes:
       if search == "tpe":
-        tasks.append((batch, tune_tpe, (settings, optimizer, batch, trials)))
+        if tune_tpe(settings, optimizer, batch, trials, dry_run=True) is None:
+          tasks.append((batch, tune_tpe, (settings, optimizer, batch, trials)))
         continue
       for lr in lr_grid(study.learning_rate_center(optimizer, batch), trials):
         for seed in range(seeds):

@@ -40,6 +40,12 @@ def test_fit_is_exact_without_noise_and_says_when_it_has_no_error():
   assert math.isnan(two.s_min_err) and math.isnan(two.b_noise_err)
   assert "no error" in batch_scaling._pm(two.s_min, two.s_min_err)
   assert batch_scaling.fit_scaling([64, 64], [50.0, 52.0]) is None  # one batch size
+  assert not fit.at_bound and not two.at_bound
+  rising = batch_scaling.fit_scaling([32, 256], [30.0, 50.0])  # no B_noise > 0 fits
+  assert rising.at_bound and rising.b_noise == pytest.approx(32 / 1000)
+  assert "at a bound" in batch_scaling.fit_line("sgd", [
+      batch_scaling.Cell("sgd", b, {0.1: [batch_scaling.Measured("stopped", s, 1, 1.0, None)]},
+                         0.1) for b, s in ((32, 30), (256, 50))])
 
 
 def test_noise_scale_window_is_the_second_half_of_the_run_to_the_target():
@@ -118,8 +124,10 @@ def test_tpe_trials_are_replayed_on_a_rerun(tmp_path, monkeypatch):
   settings = batch_scaling.Settings(str(tmp_path), 0.9, 2)
   first = batch_scaling.tune_tpe(settings, "sgd", 64, 4)
   assert len(first) <= 8 and all(r["status"] == "stopped" for r in first)
+  assert batch_scaling.tune_tpe(settings, "sgd", 64, 4, dry_run=True) == []  # all finished
   again = batch_scaling.tune_tpe(settings, "sgd", 64, 4)
   assert again == []  # the same proposals, every run finished
+  assert batch_scaling.tune_tpe(settings, "sgd", 64, 5, dry_run=True) is None  # one more trial
   (cell,) = batch_scaling.cells_of(settings, "sgd", [64])
   center = study.learning_rate_center("sgd", 64)
   assert 1 < len(cell.trials) <= 4
