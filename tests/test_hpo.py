@@ -109,6 +109,10 @@ def test_digits_variant_scales_the_decay_period():
     (lambda c: setattr(c.search_space.lr, "type", "gaussian"), "config.search_space.lr.type"),
     (lambda c: setattr(c.hpo, "validation_fraction", None), "config.validation_fraction"),
     (lambda c: setattr(c.hpo, "pruner", "psychic"), "config.hpo.pruner"),
+    (lambda c: setattr(c.hpo, "pruner", "threshold"), "config.hpo.pruner_threshold"),
+    (lambda c: setattr(c.hpo, "pruner_threshold", 0.5), "config.hpo.pruner_threshold"),
+    (lambda c: (setattr(c.hpo, "pruner", "threshold"), setattr(c.hpo, "pruner_threshold", 1.5)),
+     "config.hpo.pruner_threshold"),
     (lambda c: setattr(c.hpo, "grace_period", 30), "config.hpo.grace_period"),
 ])
 def test_bad_search_config_names_its_key(mutate, key):
