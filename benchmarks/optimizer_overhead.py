@@ -7,6 +7,12 @@ the real step, with K-FAC's statistics capture in the forward/backward pass for 
 reference is ``sgd`` with momentum 0 and no weight decay, i.e. ``w ← w − η g``, the cheapest
 update there is. All steps are interleaved in rounds in one process; medians.
 
+With ``kfac`` among the optimizers, one more row: ``kfac T=10 inv=100``, K-FAC with its
+statistics every 10 steps (``factor_update_period=10``) and its inverses every 100
+(``inverse_update_period=100``), the programs picked per step as a run picks them, its time
+amortised over whole periods of 100 steps each round (``benchmarks/kfac_period.py``, which
+compares the periods).
+
 Model: LeNet-5 on digits at 32x32, batch 128 (``configs/quickstart.py``'s job), small enough to
 compile nine steps in a few minutes. With its 61 k parameters the update is a small part of the
 step for the first-order optimizers, which is what a user of the quickstart pays; on ResNet-18
@@ -21,6 +27,7 @@ Last line: ``ratio: X`` = the largest step-time ratio to plain SGD over all opti
 
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import jax  # pylint: disable=wrong-import-order
+import kfac_period  # pylint: disable=g-bad-import-order
 
 from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
@@ -42,6 +49,10 @@ def main(argv=None):
   cases = [reference] + [
       common.train_case(name, step_lib.build(common.optimizer_config(
           args, name, learning_rate=LEARNING_RATE)), devices) for name in names]
+  if "kfac" in names:  # statistics every 10 steps, inverses every 100 (issue 25)
+    cases.append(kfac_period.periodic_case(
+        "kfac T=10 inv=100", step_lib.build(common.optimizer_config(
+            args, "kfac", **kfac_period.kfac_settings(10, 100))), 100, devices))
   common.interleave(cases, args.rounds, args.steps)
 
   print(common.machine_line())

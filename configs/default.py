@@ -42,8 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimizer (lbjax/optim/registry.py): every field but `name` is a keyword of the factory.
   # Holds a placeholder for every registered optimizer's hyperparameters; None = its default.
   # `mask`: kernels (default: biases and BatchNorm get no weight decay / layer-wise rate) | all;
-  # `fisher` (kfac): empirical | sampled, read by the statistics capture. The readings the seeds
-  # leave open (sgd.lr_in_buffer, nag.damped, ...) are listed in WORKSPACE.md.
+  # `fisher` (kfac): empirical | sampled, read by the statistics capture; `factor_update_period`
+  # (kfac): statistics captured every τ steps only (1: every step), read by the capture and the
+  # factory (lbjax/optim/kfac.py; `inverse_update_period` counts steps too, a multiple of τ).
+  # The readings the seeds leave open (sgd.lr_in_buffer, nag.damped, ...) are in WORKSPACE.md.
   # `--config.optimizer.name=X` on the command line (as `--config.swap.optimizer.name=X`) makes the
   # block X's: every hyperparameter at X's default except the learning rate, kept from the file
   # (another optimizer usually wants another rate: set `--config.optimizer.learning_rate` too;

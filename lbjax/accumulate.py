@@ -125,6 +125,18 @@ def zeros_like_sum(tree):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), tree)
 
 
+def _varying_like(tree, batch):
+  """``tree`` typed as varying over the device axes ``batch`` varies over (inside
+  ``shard_map``): a scan's carry must have its body's type, and zeros vary over nothing."""
+  axes = set()
+  for x in jax.tree.leaves(batch):
+    manual = getattr(jax.typeof(x), "manual_axis_type", None)
+    axes |= set(manual.varying) if manual is not None else set()
+  if not axes:
+    return tree
+  return jax.tree.map(lambda x: lax.pcast(x, tuple(sorted(axes)), to="varying"), tree)
+
+
 def add(total, tree):
   return jax.tree.map(lambda t, x: t + x.astype(t.dtype), total, tree)
 
@@ -161,7 +173,7 @@ def accumulate(fn: Callable, micro_batch_size: int | None, *, unroll: bool = Fal
     def body(total, one):
       return add(total, fn(one)), None
 
-    total, _ = lax.scan(body, zeros_like_sum(like), micro, unroll=unroll)
+    total, _ = lax.scan(body, _varying_like(zeros_like_sum(like), micro), micro, unroll=unroll)
     return mean_of_sum(total, n, like)
 
   return accumulated

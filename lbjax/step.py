@@ -17,7 +17,8 @@ The path of one batch through one step (``make_step_parts``):
   batch [b, ...] (rows of the seed's step-indexed stream, `lbjax.data.pipeline`)
   → per-example keys ``fold_in(fold_in(PRNGKey(state.seed), step), position)``
   → augmentation (`lbjax.data.augment`) → weights θ (+ δ with SmoothOut)
-  → forward/backward (with K-FAC capture: also the layers' statistics), per micro-batch
+  → forward/backward (with K-FAC capture: also the layers' statistics; with statistics every
+    τ steps, on those steps only: `Experiment.statistics_at`), per micro-batch
   → ``pmean`` over `AXIS` of gradients, loss, BatchNorm and K-FAC statistics
   → ``tx.update`` (optimizer, update noise, SWA average) → θ + u, metrics.
 
@@ -31,6 +32,7 @@ normalised with its own statistics, like Ghost BN of b/2; `lbjax.accumulate`), a
 """
 
 from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
 
 from flax import struct
@@ -256,18 +258,51 @@ class Experiment(NamedTuple):
   train_step: Callable      # per-device (state, batch) -> (state, metrics), named axis AXIS
   eval_step: Callable       # per-device (params, batch_stats, batch) -> sums
   train_parts: accumulate.StepParts  # train_step's pieces, for accumulation on the host
+  # The step without K-FAC's statistics capture, for the steps between statistics
+  # (config.optimizer.factor_update_period > 1, `statistics_at`); None: every step captures.
+  plain_parts: accumulate.StepParts | None = None
 
   def init_state(self) -> TrainState:
     return init_state(self.model, self.tx, self.data.train["image"].shape[1:], self.config.seed)
 
-  def train_program(self, mesh: jax.sharding.Mesh | None = None) -> Callable:
+  def statistics_at(self, step: int) -> bool:
+    """Whether train step ``step`` (the host's index, = ``state.step``) runs the program with
+    K-FAC's statistics capture: with ``config.optimizer.factor_update_period = τ > 1`` the
+    steps ``step % τ == 0``, else every step (with or without a capture, there is one program).
+
+    The runners pick the program by it (`train_program`'s ``statistics``); K-FAC's update
+    counts the same steps in its state (`lbjax.optim.kfac.ScaleByKFACState.count`), and
+    returns NaN updates when a statistics step comes without statistics."""
+    return self.plain_parts is None or step % kfac_capture.factor_update_period(
+        self.config.optimizer) == 0
+
+  def _parts(self, statistics: bool) -> accumulate.StepParts:
+    if statistics:
+      return self.train_parts
+    if self.plain_parts is None:
+      raise ValueError("every step of this config runs the one train program (no K-FAC "
+                       "statistics every config.optimizer.factor_update_period > 1 steps)")
+    return self.plain_parts
+
+  def device_step(self, statistics: bool = True) -> Callable:
+    """The per-device ``(state, batch) -> (state, metrics)`` (named axis AXIS): `train_step`,
+    or with ``statistics=False`` the step without K-FAC's capture (`statistics_at`)."""
+    return self.train_step if statistics else _scan_step(self.config, self._parts(False))
+
+  def train_program(self, mesh: jax.sharding.Mesh | None = None, *, statistics: bool = True
+                    ) -> Callable:
     """The host-level ``(state, batch) -> (state, metrics)`` on ``mesh`` (default: every
     device, `lbjax.mesh.data_mesh`): ``jit(shard_map(train_step))`` with the state replicated
     (``P()``, donated) and the batch a global array sharded over ``"batch"``
     (`put_train_batch`), or the host loop of micro-steps when ``config.accumulation``
-    resolves to ``"host"`` (``lbjax/accumulate.py``). Metrics come back replicated."""
+    resolves to ``"host"`` (``lbjax/accumulate.py``). Metrics come back replicated.
+
+    ``statistics=False``: the program of the steps between K-FAC's statistics (the plain
+    forward/backward pass, no ``kfac_stats``), only with ``config.optimizer.factor_update_period
+    > 1`` (ValueError otherwise); step ``s`` runs ``train_program(mesh,
+    statistics=statistics_at(s))``. Both programs return the same state and metrics."""
     return accumulate.launch_train_step(
-        self.train_parts, self.config.get("micro_batch_size"),
+        self._parts(statistics), self.config.get("micro_batch_size"),
         self.config.get("accumulation", "auto"), mesh=mesh or mesh_lib.data_mesh(),
         halves=bool(self.config.get("log_noise_scale", False)))
 
@@ -350,19 +385,24 @@ def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = Non
                       f"model {config.model.name!r} has no BatchNorm layers, so ghost batches "
                       "cannot act; leave it unset")
   mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-  train_parts = make_step_parts(model, tx, augment_mode=config.augment,
-                                num_classes=data.num_classes, mean=mean, std=std,
-                                learning_rate=learning_rate,
-                                perturb=smoothout.from_config(config, total_steps),
-                                capture=kfac_capture.from_config(config.optimizer, model,
-                                                                 cross_entropy),
-                                log_noise_scale=bool(config.get("log_noise_scale", False)),
-                                own_model=_own_model(config, model, data),
-                                log_trust_ratios=config_lib.logs_trust_ratios(config))
-  train_step = accumulate.scan_step(train_parts, config.get("micro_batch_size"),
-                                    halves=bool(config.get("log_noise_scale", False)),
-                                    axis_name=AXIS)
+  step_parts = functools.partial(make_step_parts, model, tx, augment_mode=config.augment,
+                                 num_classes=data.num_classes, mean=mean, std=std,
+                                 learning_rate=learning_rate,
+                                 perturb=smoothout.from_config(config, total_steps),
+                                 log_noise_scale=bool(config.get("log_noise_scale", False)),
+                                 own_model=_own_model(config, model, data),
+                                 log_trust_ratios=config_lib.logs_trust_ratios(config))
+  train_parts = step_parts(capture=kfac_capture.from_config(config.optimizer, model,
+                                                            cross_entropy))
+  # K-FAC's statistics every τ steps: the other steps run the step without the capture.
+  plain_parts = step_parts() if kfac_capture.factor_update_period(config.optimizer) > 1 else None
   eval_step = make_eval_step(model, num_classes=data.num_classes, mean=mean, std=std,
                              augment_mode=config.augment)
   return Experiment(config, data, model, tx, learning_rate, steps_per_epoch, total_steps,
-                    train_step, eval_step, train_parts)
+                    _scan_step(config, train_parts), eval_step, train_parts, plain_parts)
+
+
+def _scan_step(config: ml_collections.ConfigDict, parts: accumulate.StepParts) -> Callable:
+  """The per-device train step of ``parts`` with ``config``'s micro-batches and halves."""
+  return accumulate.scan_step(parts, config.get("micro_batch_size"),
+                              halves=bool(config.get("log_noise_scale", False)), axis_name=AXIS)

@@ -257,21 +257,28 @@ class Replicas:
     self.examples_per_step = self.num_replicas * exp.config.batch_size
     self.noise_scale = exp.noise_scale_batches(self.group_size)  # each replica's devices
     self._evaluate = evaluate
+    # By K-FAC's statistics or not (`lbjax.step.Experiment.statistics_at`): True always;
+    # False with config.optimizer.factor_update_period > 1.
+    kinds = (True,) if exp.plain_parts is None else (True, False)
     if execution == "vmap":
       self.mesh = mesh_lib.replica_mesh(self.num_replicas, devices)
-
-      def per_device(states, batches):  # [K/D or 1, ...]: this device's replicas
-        return jax.vmap(exp.train_step)(states, batches)
-
       replica = mesh_lib.P(REPLICA_AXIS)
-      self._step = mesh_lib.data_parallel(
-          per_device, self.mesh, in_specs=(replica, mesh_lib.P(REPLICA_AXIS, step_lib.AXIS)),
-          out_specs=replica, donate_argnums=(0,))
+
+      def launch(train_step):
+        def per_device(states, batches):  # [K/D or 1, ...]: this device's replicas
+          return jax.vmap(train_step)(states, batches)
+
+        return mesh_lib.data_parallel(
+            per_device, self.mesh, in_specs=(replica, mesh_lib.P(REPLICA_AXIS, step_lib.AXIS)),
+            out_specs=replica, donate_argnums=(0,))
+
+      self._step = {kind: launch(exp.device_step(kind)) for kind in kinds}
       self.states = mesh_lib.put_sharded(states, self.mesh, REPLICA_AXIS)
     else:
       self.meshes = [mesh_lib.data_mesh(g) for g in self.groups]
       programs: dict[tuple, Any] = {}
-      self._steps = [programs.setdefault(tuple(g), exp.train_program(m))
+      self._steps = [programs.setdefault(tuple(g), {kind: exp.train_program(m, statistics=kind)
+                                                    for kind in kinds})
                      for g, m in zip(self.groups, self.meshes)]
       self.states = [mesh_lib.put_replicated(jax.tree.map(lambda x, k=k: np.asarray(x)[k],
                                                           states), m)
@@ -288,13 +295,13 @@ class Replicas:
                                             process_index=0, process_count=1)
                        for seed in self.seeds])
       batches = jax.tree.map(lambda x: x[:, 0], batches)
-      self.states, metrics = self._step(
+      self.states, metrics = self._step[self.exp.statistics_at(step)](
           self.states, mesh_lib.put_sharded(batches, self.mesh, REPLICA_AXIS, step_lib.AXIS))
       return metrics
     metrics = []
-    for k, program in enumerate(self._steps):
+    for k, programs in enumerate(self._steps):
       batch = mesh_lib.put_batch(self._batch(k, step), self.meshes[k])
-      self.states[k], m = program(self.states[k], batch)
+      self.states[k], m = programs[self.exp.statistics_at(step)](self.states[k], batch)
       metrics.append(m)
     return {key: [m[key] for m in metrics] for key in metrics[0]}
 

@@ -27,7 +27,9 @@ class Run:
   every device of every process), and the programs that step and evaluate it.
 
   ``state`` is the current global state (a ``jax.Array`` tree, ``P()``); `step` replaces it by
-  the train program's result (the old one is donated).
+  the train program's result (the old one is donated). With K-FAC's statistics every τ steps
+  (``config.optimizer.factor_update_period``) there are two programs, with and without the
+  capture, and the step index picks one (`lbjax.step.Experiment.statistics_at`).
   """
 
   def __init__(self, exp: step_lib.Experiment, state: step_lib.TrainState,
@@ -35,6 +37,8 @@ class Run:
     self.exp = exp
     self.mesh = mesh or mesh_lib.data_mesh()
     self.train_program = exp.train_program(self.mesh)
+    self.plain_program = (None if exp.plain_parts is None  # between K-FAC statistics steps
+                          else exp.train_program(self.mesh, statistics=False))
     self.eval_program = exp.eval_program(self.mesh)
     self.state = mesh_lib.put_replicated(state, self.mesh)
     self.examples_per_step = exp.config.batch_size
@@ -48,7 +52,10 @@ class Run:
   def step(self, step: int):
     batch = self._next[1] if self._next is not None and self._next[0] == step else self._batch(
         step)
-    self.state, metrics = self.train_program(self.state, batch)
+    if self.exp.statistics_at(step):
+      self.state, metrics = self.train_program(self.state, batch)
+    else:
+      self.state, metrics = self.plain_program(self.state, batch)
     if step + 1 < self.exp.total_steps:  # the copy overlaps the running step
       self._next = (step + 1, self._batch(step + 1))
     return metrics

@@ -26,8 +26,10 @@ import types
 import jax
 import pytest
 
+from configs import sweeps
 from lbjax import mesh as mesh_lib
 from lbjax import train
+from lbjax.optim import registry
 from tests.test_train import small_config
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -125,6 +127,44 @@ def test_the_counter_sees_a_recompilation(tmp_path, monkeypatch):
     summary = train.train_and_evaluate(compile_config(), str(tmp_path / "run"))
   assert summary["status"] == "completed"
   assert counter.calls(TRAIN_CALL) == 2, counter.lines
+
+
+# K-FAC with statistics every 3 steps (issue 25): two train programs, with and without the
+# capture, each called on its own line of `lbjax.train.Run.step`; with host accumulation, the
+# host loop's three programs (`lbjax.accumulate.host_step`) for each of the two.
+PLAIN_CALL = "self.plain_program(self.state, batch)"
+HOST_CALLS = ("total = p_zeros(", "total = p_add(", "return p_apply(")
+
+
+def kfac_period_config(**overrides):
+  """`compile_config` with K-FAC's statistics at steps 0, 3, 6, 9 and inverses at 0, 6."""
+  return sweeps.apply_overrides(compile_config(), {
+      "optimizer": registry.config_block("kfac", learning_rate=0.01, damping=0.01,
+                                         factor_update_period=3, inverse_update_period=6),
+      **overrides}, where="test")
+
+
+@pytest.mark.parametrize("accumulation", [None, "host"])
+def test_kfac_every_third_step_compiles_two_train_programs_once(tmp_path, accumulation):
+  """Statistics at steps 0, 3, 6, 9: the capture program and the plain one compile once each,
+  in the run and in its resumption from step 8 (between statistics steps)."""
+  overrides = {} if accumulation is None else {"micro_batch_size": 4,
+                                               "accumulation": accumulation}
+  config = kfac_period_config(**overrides)
+  workdir = str(tmp_path / "run")
+  for attempt in ("first", "resumed"):
+    with CompileCounter() as counter:
+      summary = train.train_and_evaluate(config, workdir)
+    assert summary["status"] == "completed" and summary["step"] == 11, attempt
+    assert counter.calls(EVAL_CALL) == 1, (attempt, counter.lines)
+    if accumulation is None:
+      assert counter.calls(TRAIN_CALL) == 1, (attempt, counter.lines)
+      assert counter.calls(PLAIN_CALL) == 1, (attempt, counter.lines)
+    else:  # 8 examples per device in micro-batches of 4: zeros, add, apply per program
+      assert counter.calls(TRAIN_CALL) == counter.calls(PLAIN_CALL) == 0, counter.lines
+      for call in HOST_CALLS:
+        assert counter.calls(call) == 2, (attempt, call, counter.lines)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "11"))
 
 
 if __name__ == "__main__":

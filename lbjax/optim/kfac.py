@@ -26,8 +26,17 @@ For every covered layer (a ``kernel`` of shape ``[..., d_out]`` with an optional
 
   ``T = 1`` for a dense layer. (kfac-jax writes the same block as ``T · A ⊗ (G / T)``.)
 * Exponential moving averages with ``ρ = cov_ema_decay``, bias-corrected like Adam's moments (and
-  identical to kfac-jax's weighted average), so the first step uses the first batch alone:
-  ``S_k = ρ S_{k−1} + (1 − ρ) A_k``, ``Ā_k = S_k / (1 − ρ^k)``; likewise ``Ḡ``.
+  identical to kfac-jax's weighted average), so the first refresh uses the first batch alone:
+  ``S_k = ρ S_{k−1} + (1 − ρ) A_k``, ``Ā_k = S_k / (1 − ρ^k)``; likewise ``Ḡ``. ``k`` counts
+  *refreshes*: with ``factor_update_period = τ`` the statistics are those of the steps
+  ``0, τ, 2τ, …`` only (refresh ``k`` is the statistics of step ``(k − 1)·τ``), each folded in
+  once with ``ρ``, as kfac-pytorch (KAISA) applies its ``factor_decay`` once per
+  ``factor_update_steps``. After ``k`` refreshes
+
+  .. math::
+
+    \bar A = \frac{\sum_{j=1}^{k} (1 − ρ) ρ^{k−j} A_{(j−1)τ}}{1 − ρ^k}.
+
 * Factored Tikhonov damping with the π-split of Martens & Grosse 2015 §6.3 (trace norm),
   ``γ = √damping``:
 
@@ -36,7 +45,12 @@ For every covered layer (a ``kernel`` of shape ``[..., d_out]`` with an optional
     π = \sqrt{\frac{\operatorname{tr}(\bar A)/\dim \bar A}{\operatorname{tr}(\bar G)/\dim \bar G}},
     \qquad (\bar A + πγ I)^{-1}, \quad (\bar G + \tfrac{γ}{π} I)^{-1},
 
-  recomputed (Cholesky) every ``inverse_update_period`` statistics updates and kept in between.
+  recomputed (Cholesky) on the steps ``n`` with ``n % inverse_update_period == 0`` (the first
+  included) and kept in between. Both periods count optimizer updates (steps, ``state.count``),
+  as KAISA's ``factor_update_steps`` and ``inv_update_steps`` do, and ``inverse_update_period``
+  must be a multiple of ``factor_update_period``: an inverse is only ever recomputed at a
+  refresh, from the factors just updated. With ``τ = 1`` every step is a refresh, so the period
+  counts statistics updates, as it always has.
 * Preconditioned gradient ``G⁻¹ ∇W A⁻¹`` per block. flax stores kernels as ``[d_in, d_out]``
   (the transpose of the paper's ``W``), so here it reads ``A⁻¹ [∇W; ∇b] G⁻¹``.
 
@@ -49,8 +63,22 @@ The update takes the statistics of the current batch as the keyword argument ``k
 ``{layer: {"a": A, "g": G}}`` whose layer names are the ``/``-joined parameter paths
 (``"stage1_block1/conv1"``). The train step averages them over devices (``lax.pmean``) before the
 update, so every replica preconditions identically and the result does not depend on the device
-count. Without ``kfac_stats`` the factors and inverses are left as they are (identity before the
-first statistics: momentum SGD).
+count.
+
+**Statistics every τ steps** (``factor_update_period = τ``, KAISA's ``factor_update_steps``): the
+statistics, K-FAC's extra cost over SGD (for a convolution, the second moment of its patches:
+about 2.3 SGD steps on LeNet-5, ``benchmarks/kfac_period.py``), are needed on the *statistics
+steps* only, the updates ``n`` (``state.count``, from 0) with ``n % τ == 0``. The train step
+captures them there
+(``lbjax.step.Experiment.statistics_at``) and runs the plain forward/backward pass on the other
+steps, whose update passes no ``kfac_stats``: factors and inverses are kept, and the gradient is
+preconditioned with the current inverses. A missing input is never a silent fallback: with
+``τ = 1`` an update without ``kfac_stats`` raises ``ValueError``; with ``τ > 1`` an update
+without them *at a statistics step* returns NaN updates, so a run stops there as diverged rather
+than train on with a refresh skipped. Statistics passed on any other step are not folded in
+(only steps ``0, τ, 2τ, …`` count), so the capture program alone, run on every step, takes the
+updates the pair of programs takes (up to the float rounding of the two backward passes), at the
+capture's cost.
 
 References:
   Martens & Grosse 2015, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
@@ -187,7 +215,11 @@ class ScaleByKFACState(NamedTuple):
   """State of :func:`scale_by_kfac`.
 
   Attributes:
-    count: statistics updates so far (int32).
+    count: updates so far (int32), every step counted, statistics or not: the index ``n`` of the
+      next update, which fixes whether it is a statistics step (``n % factor_update_period ==
+      0``), how many refreshes the factors hold (``⌈n / factor_update_period⌉``) and whether the
+      inverses are recomputed. Part of the checkpoint, so a resumed run continues exactly. With
+      ``factor_update_period = 1`` it counts statistics updates, as it always has.
     factors: ``{layer: {"a": S_A, "g": S_G}}``, the moving-average sums before bias correction.
     inverses: ``{layer: {"a": (Ā + πγI)⁻¹, "g": (Ḡ + γ/π I)⁻¹}}`` in use (identity initially).
   """
@@ -196,33 +228,52 @@ class ScaleByKFACState(NamedTuple):
   inverses: dict[str, dict[str, jax.Array]]
 
 
+def _check_period(argument: str, value) -> None:
+  if isinstance(value, bool):
+    raise checks.InvalidArgument(argument, f"must be an integer >= 1, got {value!r}")
+  checks.check(argument, value, lambda v: v >= 1 and v == int(v), "an integer >= 1")
+
+
 def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
-                  inverse_update_period: int = 1) -> optax.GradientTransformationExtraArgs:
+                  inverse_update_period: int = 1, factor_update_period: int = 1
+                  ) -> optax.GradientTransformationExtraArgs:
   """Preconditions the gradient of every covered layer with its damped Kronecker-factored inverse.
 
-  ``update(grads, state, params=None, *, kfac_stats=None)``: with ``kfac_stats`` (the current
-  batch's ``{layer: {"a": A, "g": G}}``, already averaged over devices) the factor averages are
-  updated, and every ``inverse_update_period``-th time (the first included) the inverses are
-  recomputed; then ``[∇W; ∇b] ← A⁻¹ [∇W; ∇b] G⁻¹`` for every covered layer. Other leaves, and layers
-  absent from ``kfac_stats``, keep their current inverses (identity before their first statistics).
+  ``update(grads, state, params=None, *, kfac_stats=None)`` is update ``n = state.count``. At a
+  statistics step (``n % factor_update_period == 0``) ``kfac_stats`` (the current batch's
+  ``{layer: {"a": A, "g": G}}``, already averaged over devices) is folded into the factor
+  averages once with ``cov_ema_decay``, and if ``n % inverse_update_period == 0`` too the
+  inverses are recomputed from them; on the other steps ``kfac_stats`` is not needed (None:
+  the plain step) and not used, and factors and inverses are kept. Then
+  ``[∇W; ∇b] ← A⁻¹ [∇W; ∇b] G⁻¹`` for every covered layer with the inverses in use. Other leaves,
+  and layers absent from ``kfac_stats``, keep their current inverses (identity before their
+  first statistics). Module doc: the moving average's weights, and why a missing input raises
+  (``factor_update_period`` 1) or makes the update NaN (at a statistics step otherwise).
 
   Args:
-    cov_ema_decay: ρ of the factor moving averages (seed 002 "cov-ema-decay"; default 0.99).
+    cov_ema_decay: ρ of the factor moving averages, applied once per refresh (seed 002
+      "cov-ema-decay"; KAISA's ``factor_decay``; default 0.99).
     damping: λ of the factored Tikhonov damping, ``γ = √λ`` per factor with the π-split
       (seed 002 "damping"; default 1e-3).
-    inverse_update_period: statistics updates between inverse recomputations (default 1: every
-      step, exact per-step K-FAC; the seed does not list it). Raise it for wide layers.
+    inverse_update_period: steps between inverse recomputations, the first step included; a
+      multiple of ``factor_update_period`` (default 1: every step, exact per-step K-FAC; the seed
+      does not list it; KAISA's ``inv_update_steps``). Raise it for wide layers.
+    factor_update_period: steps between statistics (default 1: every step, K-FAC as the seed
+      runs it; KAISA's ``factor_update_steps``). The train step captures the statistics only on
+      the steps ``n % factor_update_period == 0`` (``config.optimizer.factor_update_period``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   checks.in_unit_interval("cov_ema_decay", cov_ema_decay)
   checks.positive("damping", damping)
-  if isinstance(inverse_update_period, bool):
-    raise checks.InvalidArgument("inverse_update_period",
-                                 f"must be an integer >= 1, got {inverse_update_period!r}")
+  _check_period("inverse_update_period", inverse_update_period)
+  _check_period("factor_update_period", factor_update_period)
   checks.check("inverse_update_period", inverse_update_period,
-               lambda v: v >= 1 and v == int(v), "an integer >= 1")
+               lambda v: v % (checks.concrete(factor_update_period) or v) == 0,
+               f"a multiple of factor_update_period={factor_update_period!r} (the inverses are "
+               "recomputed at statistics steps only)")
+  every_step = checks.concrete(factor_update_period) == 1  # static: τ = 1, today's K-FAC
 
   def init_fn(params):
     layers = covered_layers(params)
@@ -235,15 +286,22 @@ def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
   def update_fn(updates, state, params=None, *, kfac_stats=None, **extra_args):
     del params, extra_args
     layers = covered_layers(updates)
-    factors, inverses, count = state.factors, state.inverses, state.count
+    factors, inverses, step = state.factors, state.inverses, state.count
+    statistics_step = True if every_step else step % factor_update_period == 0
+    if kfac_stats is None and every_step:
+      raise ValueError("K-FAC with factor_update_period=1 needs kfac_stats on every update (the "
+                       "statistics of the batch, lbjax.optim.kfac_capture); set "
+                       "factor_update_period > 1 to update without them between statistics")
     if kfac_stats is not None:
       _check_stats(kfac_stats, layers)
       factors = dict(factors)
       for name, stats in kfac_stats.items():
-        factors[name] = {k: cov_ema_decay * factors[name][k] + (1.0 - cov_ema_decay) * stats[k]
-                         for k in ("a", "g")}
-      count = state.count + 1
-      correction = 1.0 - jnp.float32(cov_ema_decay) ** count.astype(jnp.float32)
+        folded = {k: cov_ema_decay * factors[name][k] + (1.0 - cov_ema_decay) * stats[k]
+                  for k in ("a", "g")}
+        factors[name] = folded if every_step else {
+            k: jnp.where(statistics_step, folded[k], factors[name][k]) for k in ("a", "g")}
+      refreshes = step // factor_update_period + 1  # at a statistics step, this one included
+      correction = 1.0 - jnp.float32(cov_ema_decay) ** refreshes.astype(jnp.float32)
 
       def refresh():
         new = dict(inverses)
@@ -253,7 +311,8 @@ def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
           new[name] = {"a": a_inv, "g": g_inv}
         return new
 
-      inverses = lax.cond(state.count % inverse_update_period == 0, refresh,
+      due = step % inverse_update_period == 0
+      inverses = lax.cond(due if every_step else due & statistics_step, refresh,
                           lambda: dict(inverses))
 
     leaves, treedef = jax.tree.flatten(updates)
@@ -265,8 +324,10 @@ def scale_by_kfac(cov_ema_decay: float = 0.99, damping: float = 1e-3,
       leaves[layer.kernel] = new_kernel
       if layer.bias is not None:
         leaves[layer.bias] = new_bias
+    if kfac_stats is None:  # a statistics step without statistics: NaN, never a silent skip
+      leaves = [jnp.where(statistics_step, jnp.nan, leaf).astype(leaf.dtype) for leaf in leaves]
     return (jax.tree.unflatten(treedef, leaves),
-            ScaleByKFACState(count=count, factors=factors, inverses=inverses))
+            ScaleByKFACState(count=step + 1, factors=factors, inverses=inverses))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -304,7 +365,8 @@ def _check_stats(kfac_stats, layers) -> None:
 def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
          weight_decay: optax.ScalarOrSchedule = 0.0, cov_ema_decay: float = 0.99,
          damping: float = 1e-3, inverse_update_period: int = 1,
-         mask: optax.MaskOrFn = None) -> optax.GradientTransformationExtraArgs:
+         mask: optax.MaskOrFn = None, factor_update_period: int = 1
+         ) -> optax.GradientTransformationExtraArgs:
   """K-FAC with momentum and weight decay, as seed 002 tunes it (Table 1).
 
   ``ĝ = F̃⁻¹ ∇L`` (:func:`scale_by_kfac`), then seed 002 eqs. (1)–(2) with L2 weight decay on the
@@ -321,6 +383,9 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     inverse_update_period: see :func:`scale_by_kfac` (default 1).
     mask: pytree (or callable) of booleans selecting the tensors that get weight decay (None:
       every tensor).
+    factor_update_period: τ, steps between statistics (default 1: every step); see
+      :func:`scale_by_kfac` and the module doc. With ``τ > 1`` a step costs about
+      ``1 + c/τ`` SGD steps instead of ``1 + c`` (``c`` ≈ 2.3 for LeNet-5 on CPU).
 
   How the statistics are estimated (``config.optimizer.fisher``: empirical or sampled Fisher) is
   a setting of the capture that makes them, ``lbjax.optim.kfac_capture.make_capture``, not of
@@ -339,7 +404,7 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
   checks.in_unit_interval("momentum", momentum)
   checks.non_negative("weight_decay", weight_decay)
   return optax.chain(
-      scale_by_kfac(cov_ema_decay, damping, inverse_update_period),
+      scale_by_kfac(cov_ema_decay, damping, inverse_update_period, factor_update_period),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),
       optax.trace(decay=momentum),

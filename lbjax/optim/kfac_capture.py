@@ -13,7 +13,10 @@ statistics of the batch. While it runs ``model.apply`` it installs a flax method
 
 Nothing changes for the model code (``lbjax/models/layers.py`` creates the layers as usual), and
 nothing is captured outside :func:`make_capture`: SGD, evaluation and every other optimizer run the
-model without the interceptor, at no cost.
+model without the interceptor, at no cost. With ``config.optimizer.factor_update_period = τ > 1``
+(:func:`factor_update_period`) K-FAC's train step captures on the steps ``step % τ == 0`` only
+and runs the plain ``jax.value_and_grad`` pass on the others (``lbjax.step``: two compiled
+programs, chosen by the host from the step index).
 
 Covered: ``nn.Dense`` (extra leading axes count as locations) and 1-D to 3-D ``nn.Conv`` without
 feature groups, dilation, mask or ``CIRCULAR``/``CAUSAL`` padding. Other layers are not captured;
@@ -179,6 +182,19 @@ def settings(opt_config: ml_collections.ConfigDict) -> dict:
     out[key] = default if value is None else value
   check_choice("config.optimizer.fisher", out["fisher"], FISHER_TYPES)
   return out
+
+
+def factor_update_period(opt_config: ml_collections.ConfigDict) -> int:
+  """τ: the train step captures statistics on the steps ``step % τ == 0`` only.
+
+  ``config.optimizer.factor_update_period`` for an optimizer that needs statistics (the K-FAC
+  factory's argument, ``lbjax.optim.kfac.scale_by_kfac``, which checks it; unset: 1, every
+  step); 1 for any other optimizer, whose every step is the one program without a capture.
+  """
+  if opt_config.name not in OPTIMIZERS_WITH_STATISTICS:
+    return 1
+  value = opt_config.get("factor_update_period")
+  return 1 if value is None else int(value)
 
 
 def from_config(opt_config: ml_collections.ConfigDict, model: nn.Module, loss: Callable
