@@ -72,6 +72,13 @@ from lbjax.errors import check_choice
 
 MODES = ("auto", "scan", "host")
 AUTO = {"cpu": "host"}  # backend -> mode; any other backend: "scan"
+# The train step's launches (`launch_train_step`, `host_step`, SWAP's vmapped replicas) take
+# `shard_map`'s check_vma=False: pmap's semantics, where the step's own `lax.pmean` averages the
+# devices' gradients and K-FAC statistics. With check_vma=True the backward pass of the
+# replicated parameters (and of K-FAC's zero perturbations) already sums over the devices, so
+# the pmean left N x the mean gradient on N devices (and G of the devices' rows summed), and a
+# `lax.scan` of micro-batches refused its zero carry.
+PMAP_SEMANTICS = False
 
 
 class StepParts(NamedTuple):
@@ -125,18 +132,6 @@ def zeros_like_sum(tree):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), tree)
 
 
-def _varying_like(tree, batch):
-  """``tree`` typed as varying over the device axes ``batch`` varies over (inside
-  ``shard_map``): a scan's carry must have its body's type, and zeros vary over nothing."""
-  axes = set()
-  for x in jax.tree.leaves(batch):
-    manual = getattr(jax.typeof(x), "manual_axis_type", None)
-    axes |= set(manual.varying) if manual is not None else set()
-  if not axes:
-    return tree
-  return jax.tree.map(lambda x: lax.pcast(x, tuple(sorted(axes)), to="varying"), tree)
-
-
 def add(total, tree):
   return jax.tree.map(lambda t, x: t + x.astype(t.dtype), total, tree)
 
@@ -173,7 +168,7 @@ def accumulate(fn: Callable, micro_batch_size: int | None, *, unroll: bool = Fal
     def body(total, one):
       return add(total, fn(one)), None
 
-    total, _ = lax.scan(body, _varying_like(zeros_like_sum(like), micro), micro, unroll=unroll)
+    total, _ = lax.scan(body, zeros_like_sum(like), micro, unroll=unroll)
     return mean_of_sum(total, n, like)
 
   return accumulated
@@ -220,7 +215,7 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, mesh: jax.shard
   """
   axis_name = mesh_lib.AXIS
   rep, rows = mesh_lib.P(), mesh_lib.P(axis_name)
-  launch = functools.partial(mesh_lib.data_parallel, mesh=mesh)
+  launch = functools.partial(mesh_lib.data_parallel, mesh=mesh, check_vma=PMAP_SEMANTICS)
 
   def like(state, batch, size):  # shapes and dtypes of one micro-batch's terms
     return jax.eval_shape(lambda s, b: parts.terms(s, micro_batch(b, 0, size)), state, batch)
@@ -275,7 +270,7 @@ def launch_train_step(parts: StepParts, micro_batch_size: int | None, mode: str 
   return mesh_lib.data_parallel(
       scan_step(parts, micro_batch_size, halves=halves, axis_name=mesh_lib.AXIS), mesh,
       in_specs=(mesh_lib.P(), mesh_lib.P(mesh_lib.AXIS)), out_specs=mesh_lib.P(),
-      donate_argnums=(0,))
+      donate_argnums=(0,), check_vma=PMAP_SEMANTICS)
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> None:
