@@ -67,7 +67,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from lbjax import accumulate
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import evaluation
@@ -271,7 +270,7 @@ class Replicas:
 
         return mesh_lib.data_parallel(
             per_device, self.mesh, in_specs=(replica, mesh_lib.P(REPLICA_AXIS, step_lib.AXIS)),
-            out_specs=replica, donate_argnums=(0,), check_vma=accumulate.PMAP_SEMANTICS)
+            out_specs=replica, donate_argnums=(0,))
 
       self._step = {kind: launch(exp.device_step(kind)) for kind in kinds}
       self.states = mesh_lib.put_sharded(states, self.mesh, REPLICA_AXIS)
