@@ -1,14 +1,14 @@
 r"""Images/s of one optimizer update: the whole batch at once vs accumulated micro-batches.
 
 For each model, three train steps of the same global batch on one device, built by
-``lbjax.train.build`` and run as ``train_and_evaluate`` runs them (``Experiment.pmap_train_step``,
-state donated, batch already on the device), timed in interleaved rounds in this one process
-(``benchmarks/common.py``):
+``lbjax.step.build`` and run as ``train_and_evaluate`` runs them (``Experiment.train_program``
+on the one device's mesh, state donated, batch already on the device), timed in interleaved
+rounds in this one process (``benchmarks/common.py``):
 
 * ``full``: one forward/backward pass over the whole batch;
 * ``scan``: ``config.accumulation="scan"``, the micro-batches in a ``lax.scan`` inside the step;
-* ``host``: ``config.accumulation="host"``, one pmapped micro-step per micro-batch dispatched by
-  the host, then one pmapped update.
+* ``host``: ``config.accumulation="host"``, one compiled micro-step per micro-batch dispatched by
+  the host, then one compiled update (``lbjax.accumulate.host_step``).
 
 All three compute the same update (``tests/test_accumulation.py``). Defaults: LeNet-5 on digits at
 32x32, batch 1024 in micro-batches of 128 (the setting of ``/work/shared/NOTES.md``), and
@@ -29,7 +29,7 @@ import common  # pylint: disable=g-bad-import-order  (puts the repository on sys
 import jax  # pylint: disable=g-bad-import-order
 
 from lbjax import accumulate
-from lbjax import train
+from lbjax import step as step_lib
 from lbjax.data import datasets
 
 MODES = ("scan", "host")
@@ -55,13 +55,13 @@ def bench_model(name, image_size, batch, micro, rounds, steps) -> dict[str, floa
   """Times full / scan / host for one model; prints its table; returns images/s per case."""
   devices = jax.local_devices()[:1]
   data = datasets.load("digits", image_size=image_size)
-  cases = [common.train_case("full", train.build(config_for(name, image_size, batch, None),
+  cases = [common.train_case("full", step_lib.build(config_for(name, image_size, batch, None),
                                                  data), devices)]
   for mode in MODES:
     config = config_for(name, image_size, batch, micro)
     config.accumulation = mode
     cases.append(common.train_case(f"{mode} ({batch // micro} x {micro})",
-                                   train.build(config, data), devices))
+                                   step_lib.build(config, data), devices))
   common.interleave(cases, rounds, steps)
   print(f"\n{name} on digits {image_size}x{image_size}, batch {batch} on 1 device, "
         f"micro-batches of {micro}; {rounds} interleaved rounds x {steps} steps; "

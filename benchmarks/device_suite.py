@@ -1,14 +1,16 @@
 r"""One command for a machine with an accelerator: what lbjax's train step does on this hardware.
 
     python benchmarks/device_suite.py            # GPU / TPU: ResNet-18, a few minutes
-    python benchmarks/device_suite.py --smoke    # any CPU: tiny sizes, < 60 s (run by the tests)
+    python benchmarks/device_suite.py --smoke    # any CPU: tiny sizes, ~45 s of CPU (run by the tests)
 
 Needs only this repository and its Python packages: the images are synthetic, CIFAR-shaped
 (32x32x3 uint8, 10 classes, drawn once from a seeded NumPy generator), so nothing is downloaded.
-Every measurement runs the real pmapped train step of `lbjax.step.build` (augmentation
-``standard`` = crop+flip+normalize on device, SGD with momentum 0.9 and weight decay unless said
-otherwise) on batches already on the devices, timed as in ``benchmarks/common.py``: compile
-apart, then interleaved rounds of several steps, medians. It measures
+Every measurement runs the real data-parallel train step of `lbjax.step.build`
+(``Experiment.train_program``: ``jit(shard_map)`` over the devices' ``("batch",)`` mesh, state
+replicated and donated; augmentation ``standard`` = crop+flip+normalize on device, SGD with
+momentum 0.9 and weight decay unless said otherwise) on batches already on the devices, timed as
+in ``benchmarks/common.py``: compile apart, then interleaved rounds of several steps, medians. It
+measures
 
 1. **throughput**: ResNet-18 images/s at global batch 256, 1024 and 4096 over all visible devices,
    ``config.model.dtype`` float32 against bfloat16; a batch whose step does not fit in device
@@ -19,8 +21,9 @@ apart, then interleaved rounds of several steps, medians. It measures
    ``loop`` (the one-replica step dispatched K times); ratio = vmap / loop step time;
 3. **K-FAC**: ResNet-18 at batch 256, ``kfac`` (``configs/quickstart.py:kfac`` settings,
    statistics and inverses every step) against ``sgd``; ratio = K-FAC / SGD step time;
-4. **pmap**: ResNet-18 at 256 images per device on 1, 2, 4, ... and all visible devices;
-   ratio = images/s per device / that on one device (1.0 = perfect scaling);
+4. **pmap** (data-parallel scaling; the section keeps the name it had before the step moved to
+   ``jit(shard_map)``): ResNet-18 at 256 images per device on the meshes of 1, 2, 4, ... and all
+   visible devices; ratio = images/s per device / that on one device (1.0 = perfect scaling);
 
 with, for each, the compiled step's XLA footprint per device (arguments + outputs − donated +
 temporaries) and the device's ``peak_bytes_in_use`` after it compiled and ran (``memory_stats()``,
@@ -56,7 +59,6 @@ from configs import quickstart  # pylint: disable=wrong-import-position
 from lbjax import step as step_lib  # pylint: disable=wrong-import-position
 from lbjax import swap  # pylint: disable=wrong-import-position
 from lbjax.data import datasets  # pylint: disable=wrong-import-position
-from lbjax.data import pipeline  # pylint: disable=wrong-import-position
 from lbjax.optim import registry  # pylint: disable=wrong-import-position
 
 # Sizes of the full run and of --smoke.
@@ -145,16 +147,8 @@ class InitialStates:
 initial_state = InitialStates()
 
 
-def train_case(name: str, exp, devices) -> common.Case:
-  """The pmapped train step of ``exp`` on ``devices`` (state donated), batch 0 on the devices."""
-  state = initial_state(exp)
-  batch = next(pipeline.prefetch_to_device([exp.train_batch(0, len(devices))], 1, devices))
-  return common.Case(name, exp.pmap_train_step(devices), step_lib.replicate(state, devices),
-                     (batch,), examples=exp.config.batch_size, state_mib=common.tree_mib(state))
-
-
 def measure_train(name: str, config, data, devices) -> Measured:
-  """The pmapped train step of ``config`` on ``devices``; on out-of-memory, retried with
+  """The train step of ``config`` on ``devices``' mesh; on out-of-memory, retried with
   micro-batches of half the per-device (micro-)batch until it fits."""
   per_device = config.batch_size // len(devices)
   micro = config.micro_batch_size
@@ -162,7 +156,7 @@ def measure_train(name: str, config, data, devices) -> Measured:
     config.micro_batch_size = micro
     try:
       exp = step_lib.build(config, data)
-      return Measured(train_case(name, exp, devices), micro)
+      return Measured(common.train_case(name, exp, devices, initial_state(exp)), micro)
     except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError has no stable home)
       if not _is_out_of_memory(e) or (micro or per_device) <= 1:
         raise
@@ -239,7 +233,7 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
     m = sgd_at.get(batch) if len(devs) == n else None
     if m is None:
       return measure_train(label, make_config(model, batch), data, devs)
-    m.case.times = []
+    m.case.times, m.case.cpu_times = [], []
     return m
 
   for batch in sizes["batches"]:
@@ -277,7 +271,7 @@ def run(sizes: dict, rounds: int, steps: int) -> float:
                  _row("K-FAC", pair[1], n, batch, None, label=f"{model} sgd")])
   del pair
 
-  # 4. pmap over 1, 2, 4, ... all devices at a fixed per-device batch.
+  # 4. Data parallel ("pmap") over 1, 2, 4, ... all devices at a fixed per-device batch.
   scaling = []
   for d in device_counts(n):
     batch = sizes["per_device"] * d

@@ -1,6 +1,6 @@
-r"""``lbjax.optim.hybrid`` (seed 003) against ``optax.adamw`` in the full pmapped ResNet step.
+r"""``lbjax.optim.hybrid`` (seed 003) against ``optax.adamw`` in the full ResNet train step.
 
-Both sides are the train step of ``lbjax.train.build(config)``, state donated, one batch already
+Both sides are the train step of ``lbjax.step.build(config)``, state donated, one batch already
 on the device; only the optimizer differs (``benchmarks/common.py:with_optimizer``), at matched
 settings: learning rate 1e-3, :math:`\beta_1` 0.9, :math:`\beta_2` 0.999, eps 1e-8, decoupled
 weight decay 0.01 on kernels only (``mask=decay_mask`` on both). Both keep two moments per
@@ -20,7 +20,7 @@ optax step time (goal X <= 1.05).
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import optax  # pylint: disable=wrong-import-order
 
-from lbjax import train  # pylint: disable=wrong-import-order
+from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
 
 SETTINGS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
@@ -34,7 +34,7 @@ def optax_adamw(learning_rate):
 
 def main(argv=None):
   args = common.model_parser(__doc__.split("\n")[0]).parse_args(argv)
-  exp = train.build(common.optimizer_config(args, "hybrid", **SETTINGS))
+  exp = step_lib.build(common.optimizer_config(args, "hybrid", **SETTINGS))
   common.print_ratio(common.compare_with_reference(args, exp, "lbjax.optim.hybrid",
                                                    "optax.adamw", optax_adamw))
 

@@ -5,12 +5,13 @@ noise between processes is ±20–40 % on the shared CPUs), medians:
 
 * pipeline: what training does per step besides the model, in the same order — host batch
   assembly (`lbjax.data.pipeline.train_batch`: index stream, uint8 gather, per-device reshape),
-  the copy to the devices (`pipeline.prefetch_to_device`, 2 batches ahead, as
-  `lbjax.train.train_and_evaluate` runs it) and the on-device augmentation (`augment.apply` with
-  ``--augment``, default seed 003's ``standard+trivialaugment+cutmix``, pmapped, with the train
-  step's per-example keys);
-* train step: `common.train_case`, the pmapped ResNet-18 step as training runs it (state
-  donated; the step itself contains the same augmentation) on a batch already on the devices.
+  the copy to the devices as one global array sharded over ``"batch"`` (`lbjax.mesh.put_batches`,
+  2 batches ahead) and the on-device augmentation (`augment.apply` with ``--augment``, default
+  seed 003's ``standard+trivialaugment+cutmix``, ``jit(shard_map)`` over the devices' mesh, with
+  the train step's per-example keys);
+* train step: `common.train_case`, the data-parallel ResNet-18 step as training runs it
+  (``Experiment.train_program``, state donated; the step itself contains the same augmentation)
+  on a batch already on the devices.
 
 The last line is ``ratio: X`` = pipeline images/s / train-step images/s; the goal is X >= 5, so
 the input side never starves the model.
@@ -33,10 +34,10 @@ import jax  # pylint: disable=wrong-import-order
 import numpy as np  # pylint: disable=wrong-import-order
 
 from configs import default  # pylint: disable=wrong-import-order
-from lbjax import train  # pylint: disable=wrong-import-order
+from lbjax import mesh as mesh_lib  # pylint: disable=wrong-import-order
+from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 from lbjax.data import augment  # pylint: disable=wrong-import-order
 from lbjax.data import datasets  # pylint: disable=wrong-import-order
-from lbjax.data import pipeline  # pylint: disable=wrong-import-order
 
 
 def cifar_shaped(image_size: int = 32, num_train: int = 50_000, seed: int = 0
@@ -51,22 +52,28 @@ def cifar_shaped(image_size: int = 32, num_train: int = 50_000, seed: int = 0
                           mean=x.mean((0, 1, 2)), std=x.std((0, 1, 2)))
 
 
-def pipeline_case(exp: train.Experiment) -> common.Case:
-  """One call = the next global batch assembled, prefetched and augmented (``exp``'s mode)."""
+def pipeline_case(exp: step_lib.Experiment) -> common.Case:
+  """One call = the next global batch assembled, prefetched and augmented (``exp``'s mode), on
+  all local devices (the mesh `common.train_case` uses)."""
   data, config = exp.data, exp.config
+  mesh = mesh_lib.data_mesh(jax.local_devices())
 
   def augment_fn(batch, step):
-    keys = train.step_keys(config.seed, step, batch["position"])
+    keys = step_lib.step_keys(config.seed, step, batch["position"])
     return augment.apply(batch, keys, mode=config.augment, num_classes=data.num_classes,
                          mean=data.mean, std=data.std, train=True)
 
-  p_augment = jax.pmap(augment_fn, axis_name=train.AXIS, in_axes=(0, None))
+  # The batch sharded over "batch", the step number replicated; images and targets stay sharded.
+  augment_program = mesh_lib.data_parallel(augment_fn, mesh,
+                                           in_specs=(mesh_lib.P(step_lib.AXIS), mesh_lib.P()),
+                                           out_specs=mesh_lib.P(step_lib.AXIS))
   steps = itertools.count()
-  batches = pipeline.prefetch_to_device((exp.train_batch(k) for k in itertools.count()), 2)
+  batches = mesh_lib.put_batches(
+      (exp.train_batch(k, mesh_lib.local_device_count(mesh)) for k in itertools.count()), mesh, 2)
 
   def one_batch(state):
     del state  # the "state" is the last output, which Case.run waits for
-    return (p_augment(next(batches), next(steps)),)
+    return (augment_program(next(batches), np.int32(next(steps))),)
 
   return common.Case("pipeline (assemble + prefetch + augment)", one_batch, None, (),
                      examples=config.batch_size)
@@ -86,7 +93,7 @@ def main(argv=None):
   config.model.name = args.model
   config.batch_size = args.batch_size
   config.augment = args.augment
-  exp = train.build(config, None if args.data_dir else cifar_shaped(args.image_size))
+  exp = step_lib.build(config, None if args.data_dir else cifar_shaped(args.image_size))
   cases = [pipeline_case(exp), common.train_case(f"{args.model} train step", exp)]
   common.interleave(cases, args.rounds, args.steps)
 

@@ -7,7 +7,8 @@ Fisher with sampled labels (see ``FISHER``), factor moving average 0.95, inverse
 weight decay and no burn-in. Both use the same K-FAC: per Dense/Conv layer ``A ⊗ G`` with KFC
 patches, π-split factored Tikhonov damping, ``Δ ← μΔ − ε F̃⁻¹∇L``.
 
-* lbjax: the real train step of ``lbjax.train.build`` (pmapped over one device): one
+* lbjax: the real train step of ``lbjax.step.build`` (``Experiment.train_program`` on the mesh of
+  one device, state donated, each host batch put on the device as training does): one
   forward/backward pass that also captures the statistics (plus the sampled-label backward pass
   from the logits), ``pmean``, ``tx.update(..., kfac_stats=...)``.
 * kfac-jax 0.0.8: ``kfac_jax.Optimizer`` (jitted, ``multi_device=False``), the model found by its
@@ -43,13 +44,13 @@ sys.path.insert(0, ROOT)
 import itertools
 
 import common  # pylint: disable=g-bad-import-order,wrong-import-position
-import flax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 from configs import default  # pylint: disable=wrong-import-position
-from lbjax import train  # pylint: disable=wrong-import-position
+from lbjax import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from lbjax import step as step_lib  # pylint: disable=wrong-import-position
 from lbjax.data import augment  # pylint: disable=wrong-import-position
 
 SETTINGS = {"learning_rate": 0.003, "momentum": 0.9, "damping": 1e-2, "cov_ema_decay": 0.95,
@@ -100,16 +101,18 @@ def make_config(steps: int):
 
 
 class Lbjax:
-  """The lbjax train step, pmapped over one device as ``train_and_evaluate`` runs it."""
+  """The lbjax train step on one device's mesh, as ``train_and_evaluate`` runs it."""
 
   def __init__(self, exp):
     self.exp = exp
-    self.step_fn = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=jax.devices()[:1],
-                            donate_argnums=(0,))
-    self.state = flax.jax_utils.replicate(exp.init_state(), jax.devices()[:1])
+    self.mesh = mesh_lib.data_mesh(jax.devices()[:1])
+    self.step_fn = exp.train_program(self.mesh)
+    self.state = mesh_lib.put_replicated(exp.init_state(), self.mesh)
 
   def step(self, batch):
-    self.state, metrics = self.step_fn(self.state, batch)
+    """One step on host ``batch`` ``[1, 128, ...]``, copied to the device here (kfac-jax's jitted
+    step copies its host batch too)."""
+    self.state, metrics = self.step_fn(self.state, mesh_lib.put_batch(batch, self.mesh))
     return metrics["loss"]
 
 
@@ -161,8 +164,8 @@ def main():
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--rounds", type=int, default=4, help="timed chunks, interleaved")
   args = parser.parse_args()
-  exp = train.build(make_config(args.steps))
-  # The same global batches for both: pmap gets [1, 128, ...], kfac-jax [128, ...].
+  exp = step_lib.build(make_config(args.steps))
+  # The same global batches for both: lbjax's put_batch takes [1, 128, ...], kfac-jax [128, ...].
   batches = [exp.train_batch(step, local_device_count=1) for step in range(args.steps)]
   flat = [jax.tree.map(lambda x: x[0], b) for b in batches]
 
@@ -170,8 +173,8 @@ def main():
     runners = {"lbjax": Lbjax(exp), "kfac-jax": KfacJax(exp, flat[0])}
     inputs = {"lbjax": batches, "kfac-jax": flat}
     losses = {name: [] for name in runners}
-    # Steps 0 and 1 compile (the inverse-refresh and plain variants; pmap also recompiles once
-    # for the donated state); the remaining steps are timed in interleaved chunks.
+    # Steps 0 and 1 compile (the inverse-refresh and plain variants); the remaining steps are
+    # timed in interleaved chunks.
     for name, runner in runners.items():
       for step in range(WARMUP):
         losses[name].append(jax.block_until_ready(runner.step(inputs[name][step])))

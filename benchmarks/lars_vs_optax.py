@@ -1,6 +1,6 @@
-r"""``lbjax.optim.lars`` against ``optax.lars`` in the full pmapped ResNet train step.
+r"""``lbjax.optim.lars`` against ``optax.lars`` in the full ResNet train step.
 
-Both sides are the train step of ``lbjax.train.build(config)`` (augmentation, forward/backward,
+Both sides are the train step of ``lbjax.step.build(config)`` (augmentation, forward/backward,
 BatchNorm, ``pmean``, update, norms), state donated, one batch already on the device; only the
 optimizer differs (``benchmarks/common.py:with_optimizer``), at matched settings: learning rate
 0.1, momentum 0.9, weight decay 5e-4, trust coefficient 0.001, eps 0, kernels adapted and
@@ -28,7 +28,7 @@ X <= 1.03).
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import optax  # pylint: disable=wrong-import-order
 
-from lbjax import train  # pylint: disable=wrong-import-order
+from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 from lbjax.optim import registry  # pylint: disable=wrong-import-order
 
 SETTINGS = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "trust_coefficient": 0.001,
@@ -45,7 +45,7 @@ def optax_lars(learning_rate):
 
 def main(argv=None):
   args = common.model_parser(__doc__.split("\n")[0]).parse_args(argv)
-  exp = train.build(common.optimizer_config(args, "lars", **SETTINGS))
+  exp = step_lib.build(common.optimizer_config(args, "lars", **SETTINGS))
   common.print_ratio(common.compare_with_reference(args, exp, "lbjax.optim.lars", "optax.lars",
                                                    optax_lars))
 

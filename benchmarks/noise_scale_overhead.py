@@ -24,7 +24,7 @@ Last line: ``ratio: X`` = the larger of the two paired step-time ratios (on / of
 import common  # pylint: disable=g-bad-import-order  (puts the repository on sys.path)
 import jax  # pylint: disable=wrong-import-order
 
-from lbjax import train  # pylint: disable=wrong-import-order
+from lbjax import step as step_lib  # pylint: disable=wrong-import-order
 
 
 def _config(args, log: bool, **overrides):
@@ -51,7 +51,7 @@ def main(argv=None):
   pairs = {}
   for name, (overrides, devices) in settings.items():
     pairs[name] = [common.train_case(f"{name}: {'on' if log else 'off'}",
-                                     train.build(_config(args, log, **overrides)), devices)
+                                     step_lib.build(_config(args, log, **overrides)), devices)
                    for log in (False, True)]
   # Each pair is timed on its own (off, on, on, off, ...): interleaving the 4-device and the
   # 1-device pairs together put a 1-device case right after a 4-device one in every other round,

@@ -1,9 +1,9 @@
-r"""Images/s per device of the pmapped train step on 1, 2 and 4 simulated CPU devices.
+r"""Images/s per device of the data-parallel train step on 1, 2 and 4 simulated CPU devices.
 
 The per-device batch is fixed (``--per_device_batch``), so the global batch grows with the device
 count, as in weak scaling. A process's device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so each count runs in its own worker
-process; the workers build the same ``lbjax.train.build(config)`` step (state donated, batch on
+process; the workers build the same ``lbjax.step.build(config)`` step (state donated, batch on
 the devices), compile, and then wait. The parent interleaves timed rounds across the workers
 (1, 2, 4, then 4, 2, 1, ...), one worker running at a time, so load drift on the shared machine
 falls on every count alike; medians.
@@ -11,9 +11,10 @@ falls on every count alike; medians.
 **Simulated devices prove correctness, not speed-up.** The N "devices" are N XLA:CPU clients
 sharing this machine's cores: N devices each doing the work of one can at best keep per-device
 throughput when there are N idle cores, and on 2 cores the 4-device figure can at best halve.
-The figures show that the pmapped step, its ``pmean`` and the BatchNorm statistics run on
-1, 2 and 4 devices (``tests/test_train.py`` checks they give the same result); a real speed-up
-needs real accelerators (see BENCHMARKS.md, GPU section).
+The figures show that the data-parallel step (``Experiment.train_program``, ``jit(shard_map)``
+over the devices' mesh), its ``pmean`` and the BatchNorm statistics run on 1, 2 and 4 devices
+(``tests/test_train.py`` checks they give the same result); a real speed-up needs real
+accelerators (see BENCHMARKS.md, GPU section).
 
 Last line: ``ratio: X`` = images/s per device on 4 devices / images/s per device on 1 device
 (ideal scaling on real devices: 1.0).
@@ -41,13 +42,13 @@ def worker(args):
   import common  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS is set)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lbjax import train  # pylint: disable=g-import-not-at-top
+  from lbjax import step as step_lib  # pylint: disable=g-import-not-at-top
 
   n = jax.local_device_count()
   args.batch_size = args.per_device_batch * n
   config = common.optimizer_config(args, "sgd", learning_rate=0.05, momentum=0.9,
                                    weight_decay=5e-4)
-  case = common.train_case(f"{n} devices", train.build(config))
+  case = common.train_case(f"{n} devices", step_lib.build(config))
   case.warm_up()
   print(json.dumps({"devices": n, "compile_s": case.compile_s, "xla_mib": case.xla_mib,
                     "state_mib": case.state_mib}), flush=True)
@@ -113,7 +114,8 @@ def main(argv=None):
   import common  # pylint: disable=g-import-not-at-top
 
   counts = [int(n) for n in args.devices.split(",")]
-  worker_argv = [a for a in argv if not a.startswith(("--devices", "--backend"))]
+  worker_argv = [f"--{name}={getattr(args, name)}" for name in (
+      "model", "image_size", "per_device_batch", "rounds", "steps")]
   workers = [Worker(n, worker_argv, args.backend) for n in counts]  # compiled in turn
   try:
     for r in range(args.rounds):
@@ -129,8 +131,8 @@ def main(argv=None):
         f"images per device per step, SGD; {args.rounds} rounds x {args.steps} steps interleaved "
         f"across the worker processes.")
   if args.backend == "cpu":
-    print("Simulated devices share the CPU cores: these figures prove the pmapped step runs on "
-          "1, 2 and 4 devices, not that it speeds up.")
+    print("Simulated devices share the CPU cores: these figures prove the data-parallel step runs "
+          "on 1, 2 and 4 devices, not that it speeds up.")
   rows, per_device = [], {}
   for w in workers:
     step = statistics.median(w.times)

@@ -7,8 +7,8 @@ All sides run the real code on one device, each step reading its batches as the 
 * ``loop``: `lbjax.swap.Replicas` with ``execution="loop"`` (the one compiled one-replica step,
   dispatched once per replica);
 * reference: K steps of the normal run of ``phase2_config(config, 0)``
-  (``Experiment.pmap_train_step`` on ``Experiment.train_batch``), what running the replicas as K
-  separate normal runs would cost per step.
+  (``Experiment.train_program`` on ``Experiment.put_train_batch``, each replica's state replicated
+  on the device's mesh), what running the replicas as K separate normal runs would cost per step.
 
 Timing interleaves the three in rounds in one process (timing noise between processes is
 ±20–40% on the shared CPUs) and reports medians; a side's ratio is the median over rounds of its
@@ -37,6 +37,7 @@ import common
 import jax
 
 from configs import swap_digits
+from lbjax import mesh as mesh_lib
 from lbjax import step as step_lib
 from lbjax import swap
 
@@ -44,16 +45,17 @@ from lbjax import swap
 class Reference:
   """K normal one-replica runs of ``exp``'s step, one after another, from ``states``."""
 
-  def __init__(self, exp, states, device):
-    self.exp, self.p_step = exp, exp.pmap_train_step(device)
+  def __init__(self, exp, states, devices):
+    self.exp, self.mesh = exp, mesh_lib.data_mesh(devices)
+    self.program = exp.train_program(self.mesh)
     self.seeds = [int(s) for s in states.seed]
-    self.states = [step_lib.replicate(jax.tree.map(lambda x, k=k: x[k], states), device)
+    self.states = [mesh_lib.put_replicated(jax.tree.map(lambda x, k=k: x[k], states), self.mesh)
                    for k in range(len(self.seeds))]
 
   def step(self, s):
     for k, seed in enumerate(self.seeds):
-      self.states[k], _ = self.p_step(self.states[k],
-                                      self.exp.train_batch(s, local_device_count=1, seed=seed))
+      self.states[k], _ = self.program(self.states[k],
+                                       self.exp.put_train_batch(s, self.mesh, seed=seed))
 
 
 def _timed(side, start, steps):

@@ -7,6 +7,7 @@ of the global batch once. Variants call `get_config()` and change a few fields.
 import ml_collections
 from ml_collections import config_dict
 
+from lbjax import dotted
 from lbjax.optim import registry
 
 
@@ -99,10 +100,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.swap.batch_size = 128        # per replica
   c.swap.micro_batch_size = config_dict.placeholder(int)  # phase 2's (config.micro_batch_size)
   c.swap.num_epochs = 5.0        # phase 2, passes of each replica over the training data
-  c.swap.optimizer = c.optimizer.copy_and_resolve_references()  # phase 2 (seed 000: SGD)
-  c.swap.schedule = c.schedule.copy_and_resolve_references()    # phase 2, its own epochs
-  c.swap.noise = c.noise.copy_and_resolve_references()          # phase 2's update noise (off)
-  c.swap.smoothout = c.smoothout.copy_and_resolve_references()  # phase 2's SmoothOut (off)
+  # Copies that keep the typed placeholders (`lbjax.dotted.copy`), so that e.g.
+  # --config.swap.schedule.base_batch_size=32 can be set as --config.schedule.base_batch_size.
+  c.swap.optimizer = dotted.copy(c.optimizer)  # phase 2 (seed 000: SGD)
+  c.swap.schedule = dotted.copy(c.schedule)    # phase 2, its own epochs
+  c.swap.noise = dotted.copy(c.noise)          # phase 2's update noise (off)
+  c.swap.smoothout = dotted.copy(c.smoothout)  # phase 2's SmoothOut (off)
 
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 20
@@ -116,6 +119,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-logging-window decay of the moving averages of |G|² and tr(Σ) behind train_noise_scale
   # (in [0, 1); 0: each window alone). Resumable: a rerun replays metrics.jsonl with it.
   c.noise_scale_decay = 0.9
+  # Per-layer trust ratios (lbjax.optim.trust_ratios): the layer-wise factor each update applied
+  # to each tensor, LARS's λ_l (seed 000 Alg. 1) or LAMB's ‖w‖/‖r‖, logged as
+  # train_trust_ratio/<parameter path> (window means) to metrics.jsonl and TensorBoard, plotted by
+  # experiments/report.py. Needs an optimizer with trust ratios (lars, lamb); under SWAP, phase 2
+  # logs them only if config.swap.optimizer has them too. Costs metrics only; resumable.
+  c.log_trust_ratios = False
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3

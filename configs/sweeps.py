@@ -3,6 +3,9 @@
 A sweep is a list of override dicts, one per run: dotted config keys → values, a dict value
 replaces a whole block (`apply_overrides`), and the reserved key ``"run_name"`` names the run's
 directory (else the name is made from the overrides; a ``seed`` override is appended either way).
+A config built here keeps every typed placeholder of the one it starts from (`lbjax.dotted.copy`,
+`lbjax.dotted.block_like`), so each key of ``configs/default.py`` stays settable from the command
+line.
 """
 
 from collections.abc import Iterable
@@ -54,7 +57,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
   the launcher's ``--config.optimizer.name`` does (`registry.switch_blocks`): the new optimizer's
   defaults, the block's learning rate and the block's other dotted keys of the same override.
   """
-  c = config.copy_and_resolve_references()
+  c = dotted.copy(config)  # typed placeholders stay settable from the command line
   c.unlock()
   registry.switch_blocks(c, overrides)
   for key, value in overrides.items():
@@ -63,8 +66,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
     except KeyError as e:
       raise ConfigError(f"{where}.{key}",
                         f"config has no block {e.args[0].rsplit('.', 1)[-1]!r}") from None
-    if isinstance(value, dict):
-      target[last] = ml_collections.ConfigDict(value)
+    if isinstance(value, dict):  # the new block keeps the old one's placeholder types
+      target[last] = dotted.block_like(value, target.get(last))
       continue
     if last not in target:
       raise ConfigError(f"{where}.{key}", "unknown config key (configs/default.py lists every key)")

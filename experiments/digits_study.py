@@ -21,7 +21,9 @@ r"""The large-batch mini-study on the embedded digits (`configs/digits_study.py`
    `lbjax.analysis.interpolation`), and prints the curve;
 5. prints the total wall time.
 
-``--out`` also writes the output to a markdown file.
+Every process of the study keeps the programs it compiles in JAX's persistent compilation cache,
+``ROOT/jax_cache`` (`use_compilation_cache`), so each program is compiled once per study, not
+once per run. ``--out`` also writes the output to a markdown file.
 """
 
 from collections.abc import Sequence
@@ -48,6 +50,7 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = os.path.join(ROOT_DIR, "configs", "digits_study.py")
 INTERPOLATION = "interpolation.png"
+COMPILATION_CACHE = "jax_cache"  # ROOT/jax_cache: JAX's persistent compilation cache
 # Measured seconds of each run (2026-11-23, idle 2-core machine): only to start the longest first.
 _SECONDS_HINT = {"4_lb_lars_swap": 34, "1_sb_sgd": 33, "5_lb_sgd_smoothout": 25,
                  "6_lb_hybrid": 16, "3_lb_lars": 14, "2_lb_sgd": 13}
@@ -65,6 +68,22 @@ def _optimizer(config: dict) -> str:
   return f"{name} lr={lr:g}" + (f" + {', '.join(extra)}" if extra else "")
 
 
+def use_compilation_cache(directory: str) -> None:
+  """Keeps every program this process compiles in JAX's persistent compilation cache in
+  ``directory``, and reads a program compiled before from there instead of compiling it again.
+
+  The study compiles few distinct programs many times: a method's three seeds run the same
+  step (the seed is data in the train state), every run initialises and evaluates the same model,
+  the Hessian programs are the model's, and the interpolation's BatchNorm pass is one program
+  for every α. The cache holds every program however small or fast to compile (the thresholds
+  at 0), and is set before this process compiles anything (JAX reads the directory once).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 # Measuring -----------------------------------------------------------------------------------------
 
 
@@ -79,11 +98,26 @@ def measure_sharpness(workdir: str, batches: int, batch_size: int, tol: float,
   ``trace_samples`` Rademacher probes with its standard error. The file has the keys
   `lbjax.analysis.sharpness.measure` writes for these two (no ε-sharpness).
   """
+  import jax  # pylint: disable=g-import-not-at-top
+
   from lbjax.analysis import runs  # pylint: disable=g-import-not-at-top
   from lbjax.analysis import sharpness  # pylint: disable=g-import-not-at-top
   solution = runs.restore(workdir)
   data = sharpness.train_batches(solution, batches, batch_size)
-  obj = sharpness.data_parallel_objective(sharpness.train_loss(solution), solution.params, data)
+  # BatchNorm's running statistics travel with every batch (one copy per device) instead of
+  # being constants of the compiled loss, so the loss, gradient and Hessian-vector programs are
+  # the same for every run of the model: compiled once, then read from the compilation cache.
+  devices = int(data[0]["label"].shape[0])
+  stats = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))),
+                       solution.batch_stats)
+  data = [{**batch, "batch_stats": stats} for batch in data]
+
+  def batch_loss(params, batch):
+    batch = dict(batch)
+    with_stats = solution._replace(batch_stats=batch.pop("batch_stats"))
+    return sharpness.train_loss(with_stats)(params, batch)
+
+  obj = sharpness.data_parallel_objective(batch_loss, solution.params, data)
   seconds = {}
   t = time.perf_counter()
   eigenvalues = sharpness.eigenvalues_of(obj, 1, seed, tol=tol)
@@ -93,13 +127,14 @@ def measure_sharpness(workdir: str, batches: int, batch_size: int, tol: float,
   seconds["hessian_trace"] = time.perf_counter() - t
   loss, _ = obj.value_and_grad(obj.x0)
   result = {
-      "workdir": os.path.abspath(workdir), "step": solution.step, "batches": batches,
+      "workdir": os.path.abspath(workdir), "model": solution.model, "step": solution.step,
+      "batches": batches,
       "batch_size": int(data[0]["label"].size), "devices": int(data[0]["label"].shape[0]),
       "train_loss": loss, "top_eigenvalues": eigenvalues.tolist(), "lanczos_tol": tol,
       "hessian_trace": float(np.mean(samples)),
       "hessian_trace_stderr": float(np.std(samples, ddof=1) / np.sqrt(len(samples))),
       "trace_samples": trace_samples, "seed": seed,
-      "batchnorm": "evaluation mode (running statistics of the checkpoint)", "seconds": seconds}
+      "batchnorm": "evaluation mode (the model's running statistics)", "seconds": seconds}
   path = os.path.join(workdir, sharpness.SHARPNESS_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=1)
@@ -360,8 +395,14 @@ def run(root: str, out: str | None = None, num_points: int = 13, processes: int 
   pending_ends = {seed0[ref].name, seed0[lb_ref].name} & {r.name for _, r in tasks}
   seconds: dict[str, list[float]] = {}
   interpolation = None
+  # One compilation cache for this process and the workers (a directory set already, e.g. by
+  # JAX_COMPILATION_CACHE_DIR, is kept).
+  cache = jax.config.jax_compilation_cache_dir or os.path.join(root, COMPILATION_CACHE)
+  use_compilation_cache(cache)
   ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-  executor = (concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx)
+  executor = (concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx,
+                                                     initializer=use_compilation_cache,
+                                                     initargs=(cache,))
               if processes > 1 else _InProcess())
   with executor as pool:
     futures = {pool.submit(_task, cfg, r.workdir, sharp): r for cfg, r in tasks}

@@ -22,6 +22,10 @@ and the final gradient noise scale B_simple (the last ``train_noise_scale`` in
 table of ``TABLE.md``, per run in ``TABLE_runs.csv``; and ``TABLE_noise_scale.png``, B_simple
 against epochs for every run (one panel per column, one colour per row).
 
+Runs trained with ``config.log_trust_ratios`` (LARS, LAMB) also get ``TABLE_trust_ratios.png``:
+each run's per-layer trust ratios (``train_trust_ratio/<parameter path>``) against epochs, one
+panel per run, one line per tensor.
+
 Without ``--table`` the table is the one of the config recorded in ``ROOT/sweeps.json`` by
 ``experiments/run.py``, else one row per run name (seeds merged) and one column.
 """
@@ -245,31 +249,58 @@ def write_runs_csv(table: Table, placed: Mapping[tuple[str, str], list[RunResult
                         + [f"{extra[k]:.6g}" if k in extra else "" for k in keys])
 
 
-def learning_curve(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """``{"train_loss": (epochs, values), "test_accuracy": (epochs, values),
-  "train_noise_scale": (epochs, values)}`` of a run (the last empty without
-  ``config.log_noise_scale``); a SWAP run's phase 2 continues after phase 1's last epoch (in
-  replica epochs)."""
+def _timeline(workdir: str):
+  """``(epoch, record)`` for every record of a run's ``metrics.jsonl``; a SWAP run's phase 2
+  continues after phase 1's last epoch (in replica epochs)."""
   parts = [metrics_lib.read_metrics(os.path.join(workdir, "phase1")),
            metrics_lib.read_metrics(workdir)]
-  curves: dict[str, tuple[list, list]] = {"train_loss": ([], []), "test_accuracy": ([], []),
-                                          "train_noise_scale": ([], [])}
   offset = 0.0
   for records in parts:
     last = 0.0
     for r in records:
       if "train_loss" in r and "train_epoch" in r:
         last = r["train_epoch"]
-        curves["train_loss"][0].append(offset + last)
-        curves["train_loss"][1].append(r["train_loss"])
-        if isinstance(r.get("train_noise_scale"), (int, float)):
-          curves["train_noise_scale"][0].append(offset + last)
-          curves["train_noise_scale"][1].append(r["train_noise_scale"])
       if "test_accuracy" in r:
         last = r.get("epoch", last)
-        curves["test_accuracy"][0].append(offset + last)
-        curves["test_accuracy"][1].append(r["test_accuracy"])
+      yield offset + last, r
     offset += last
+
+
+def learning_curve(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{"train_loss": (epochs, values), "test_accuracy": (epochs, values),
+  "train_noise_scale": (epochs, values)}`` of a run (the last empty without
+  ``config.log_noise_scale``); a SWAP run's phase 2 continues after phase 1's last epoch (in
+  replica epochs)."""
+  curves: dict[str, tuple[list, list]] = {"train_loss": ([], []), "test_accuracy": ([], []),
+                                          "train_noise_scale": ([], [])}
+  for x, r in _timeline(workdir):
+    if "train_loss" in r and "train_epoch" in r:
+      curves["train_loss"][0].append(x)
+      curves["train_loss"][1].append(r["train_loss"])
+      if isinstance(r.get("train_noise_scale"), (int, float)):
+        curves["train_noise_scale"][0].append(x)
+        curves["train_noise_scale"][1].append(r["train_noise_scale"])
+    if "test_accuracy" in r:
+      curves["test_accuracy"][0].append(x)
+      curves["test_accuracy"][1].append(r["test_accuracy"])
+  return {k: (np.asarray(x, float), np.asarray(y, float)) for k, (x, y) in curves.items()}
+
+
+TRUST_RATIO = "train_trust_ratio/"
+
+
+def trust_ratio_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{parameter path: (epochs, trust ratios)}`` of a run logged with
+  ``config.log_trust_ratios`` (``train_trust_ratio/<path>`` in ``metrics.jsonl``: the window
+  means of the layer-wise factor, `lbjax.optim.trust_ratios`), in the order logged; empty
+  without it."""
+  curves: dict[str, tuple[list, list]] = {}
+  for x, r in _timeline(workdir):
+    for key, value in r.items():
+      if key.startswith(TRUST_RATIO) and isinstance(value, (int, float)):
+        xs, ys = curves.setdefault(key[len(TRUST_RATIO):], ([], []))
+        xs.append(x)
+        ys.append(value)
   return {k: (np.asarray(x, float), np.asarray(y, float)) for k, (x, y) in curves.items()}
 
 
@@ -415,6 +446,56 @@ def plot_noise_scale(table: Table, placed: Mapping[tuple[str, str], list[RunResu
   return True
 
 
+# More tensors than this get a colour bar (parameter order) instead of a legend.
+MAX_LEGEND_TENSORS = 12
+
+
+def plot_trust_ratios(placed: Mapping[tuple[str, str], list[RunResult]], path: str,
+                      title: str = "") -> bool:
+  """Each run's trust ratios against epochs (one panel per run that logged them, one line per
+  tensor coloured in parameter order, log scale); tensors whose factor stayed 1 throughout
+  (outside LARS's mask: no layer-wise factor) are counted in the panel's title, not drawn.
+  False (nothing written) if no run logged them."""
+  curves = {r.name: trust_ratio_curves(r.workdir) for runs in placed.values() for r in runs}
+  curves = {name: c for name, c in curves.items() if c}
+  if not curves:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  ncols = min(len(curves), 3)
+  nrows = math.ceil(len(curves) / ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
+  cmap = plt.get_cmap("viridis")
+  for ax, (name, run_curves) in zip(axes.flat, sorted(curves.items())):
+    drawn = {k: c for k, c in run_curves.items() if not np.all(c[1] == 1.0)}
+    n = len(run_curves)
+    for i, (tensor, (x, y)) in enumerate(run_curves.items()):
+      if tensor in drawn:
+        ax.plot(x, y, color=cmap(i / max(n - 1, 1)), lw=1, label=tensor)
+    if drawn and all(np.all(c[1] > 0) for c in drawn.values()):
+      ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("trust ratio (layer-wise factor)")
+    ones = n - len(drawn)
+    ax.set_title(name + (f"\n({ones} of {n} tensors at 1: no layer-wise factor)" if ones else ""),
+                 fontsize=9)
+    if 0 < len(drawn) <= MAX_LEGEND_TENSORS:
+      ax.legend(fontsize=6, ncol=2 if len(drawn) > 6 else 1)
+    elif drawn:
+      bar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1)), ax=ax)
+      bar.set_label("tensor (parameter order)", fontsize=8)
+  for ax in list(axes.flat)[len(curves):]:
+    ax.axis("off")
+  fig.suptitle(f"{title}: per-layer trust ratios (config.log_trust_ratios)" if title
+               else "per-layer trust ratios (config.log_trust_ratios)", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 0.95))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 def runs_table(runs: Sequence[RunResult], name: str = "runs") -> Table:
   """One row per run name (``,seed=N`` merged), one column: for sweeps without a seed table."""
   labels = sorted({_run_label(r) for r in runs})
@@ -460,6 +541,9 @@ def report(root: str, table: Table | None = None, out_dir: str | None = None,
     noise_path = os.path.join(out_dir, f"{table.name}_noise_scale.png")
     if plot_noise_scale(table, placed, noise_path):
       paths["noise_scale"] = noise_path
+    trust_path = os.path.join(out_dir, f"{table.name}_trust_ratios.png")
+    if plot_trust_ratios(placed, trust_path, table.title):
+      paths["trust_ratios"] = trust_path
   return {"table": table, "cells": cells, "placed": placed, "unplaced": unplaced,
           "markdown": text, "paths": paths, "measurements": measured}
 

@@ -72,13 +72,6 @@ from lbjax.errors import check_choice
 
 MODES = ("auto", "scan", "host")
 AUTO = {"cpu": "host"}  # backend -> mode; any other backend: "scan"
-# The train step's launches (`launch_train_step`, `host_step`, SWAP's vmapped replicas) take
-# `shard_map`'s check_vma=False: pmap's semantics, where the step's own `lax.pmean` averages the
-# devices' gradients and K-FAC statistics. With check_vma=True the backward pass of the
-# replicated parameters (and of K-FAC's zero perturbations) already sums over the devices, so
-# the pmean left N x the mean gradient on N devices (and G of the devices' rows summed), and a
-# `lax.scan` of micro-batches refused its zero carry.
-PMAP_SEMANTICS = False
 
 
 class StepParts(NamedTuple):
@@ -215,7 +208,7 @@ def host_step(parts: StepParts, micro_batch_size: int | None, *, mesh: jax.shard
   """
   axis_name = mesh_lib.AXIS
   rep, rows = mesh_lib.P(), mesh_lib.P(axis_name)
-  launch = functools.partial(mesh_lib.data_parallel, mesh=mesh, check_vma=PMAP_SEMANTICS)
+  launch = functools.partial(mesh_lib.data_parallel, mesh=mesh)
 
   def like(state, batch, size):  # shapes and dtypes of one micro-batch's terms
     return jax.eval_shape(lambda s, b: parts.terms(s, micro_batch(b, 0, size)), state, batch)
@@ -270,7 +263,7 @@ def launch_train_step(parts: StepParts, micro_batch_size: int | None, mode: str 
   return mesh_lib.data_parallel(
       scan_step(parts, micro_batch_size, halves=halves, axis_name=mesh_lib.AXIS), mesh,
       in_specs=(mesh_lib.P(), mesh_lib.P(mesh_lib.AXIS)), out_specs=mesh_lib.P(),
-      donate_argnums=(0,), check_vma=PMAP_SEMANTICS)
+      donate_argnums=(0,))
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int) -> None:

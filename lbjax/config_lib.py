@@ -22,6 +22,7 @@ from lbjax.data import datasets
 from lbjax.errors import ConfigError
 from lbjax.errors import check_choice
 from lbjax.optim import registry
+from lbjax.optim import trust
 
 # Keys that only change logging or bookkeeping: a rerun may change them and still resume.
 # (``log_noise_scale`` is not one: on one device without micro-batches it splits the batch into
@@ -29,7 +30,7 @@ from lbjax.optim import registry
 # ``noise_scale_decay`` is: the loop replays the logged windows with it on resume.)
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
                   "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation",
-                  "noise_scale_decay", "profile_steps")
+                  "noise_scale_decay", "profile_steps", "log_trust_ratios")
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
@@ -80,13 +81,28 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
     raise ConfigError("config.validation_fraction",
                       f"must be in [0, 1), got {config.validation_fraction}")
   validate_training(config, device_count=device_count, process_count=process_count)
+  if config.get("log_trust_ratios") and not logs_trust_ratios(config):
+    raise ConfigError("config.log_trust_ratios",
+                      f"optimizer {config.optimizer.name!r} applies no layer-wise factor; trust "
+                      "ratios are LARS's and LAMB's (lbjax.optim.trust_ratios)")
+
+
+def logs_trust_ratios(config: ml_collections.ConfigDict) -> bool:
+  """Whether the train step of ``config`` logs trust ratios: ``config.log_trust_ratios`` and
+  an optimizer that has them (`lbjax.optim.trust_ratios`). A normal run with an optimizer
+  without them is refused by `validate`; SWAP's phase 2 (`lbjax.swap.phase2_config`) logs them
+  only if its own optimizer has them (seed 000: LARS in phase 1, SGD in phase 2)."""
+  if not config.get("log_trust_ratios", False):
+    return False
+  lr = config.optimizer.get("learning_rate")
+  return trust.has_trust_ratios(registry.build(config.optimizer, 1.0 if lr is None else lr))
 
 
 def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
                       process_count: int = 1) -> None:
-  """The keys of one training phase: batch, length, micro-batches, noise-scale logging, Ghost BN,
-  optimizer (with
-  update noise and SmoothOut), schedule and SWA. SWAP checks its phase 2 with this alone."""
+  """The keys of one training phase: batch, length, micro-batches, noise-scale and trust-ratio
+  logging, Ghost BN, optimizer (with update noise and SmoothOut), schedule and SWA. SWAP checks
+  its phase 2 with this alone."""
   for key in ("batch_size", "num_epochs"):
     _positive(config, key)
   if not isinstance(config.batch_size, int):
@@ -98,6 +114,9 @@ def validate_training(config: ml_collections.ConfigDict, *, device_count: int,
   augment.validate_batch(config.augment, config.batch_size // device_count)  # CutMix pairs
   accumulate.validate_config(config, device_count=device_count)  # micro_batch_size, accumulation
   validate_noise_scale(config, device_count=device_count)  # before Ghost BN: it sets the halves
+  log_trust = config.get("log_trust_ratios", False)
+  if not isinstance(log_trust, bool):
+    raise ConfigError("config.log_trust_ratios", f"must be True or False, got {log_trust!r}")
   ghost = config.model.get("ghost_batch_size")
   if ghost is not None:
     # Ghost batches split each forward pass: the per-device (micro-)batch.

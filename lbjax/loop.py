@@ -228,6 +228,11 @@ class Recorder:
       except workdir_lib.WriteFailure as e:
         error.status_error = e.reason
 
+  @property
+  def step(self) -> int:
+    """The step the run has reached (the last one saved or logged)."""
+    return self._step
+
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.primary:
       path = os.path.join(self.workdir, "config.json")
@@ -244,13 +249,18 @@ class Recorder:
       self.writer.truncate_after(restored_step or 0)
     return restored_step, tree
 
+  def settle(self) -> None:
+    """Waits for the previous asynchronous save: its storage error, if any, surfaces here (the
+    loop agrees on it with the other processes before the next save starts)."""
+    if self._pending is not None:
+      with self.writing(f"checkpoint step {self._pending} in {self.checkpointer.directory}"):
+        self.checkpointer.wait()
+      self.checkpoint_step, self._pending = self._pending, None
+
   def save(self, step: int, tree) -> None:
     self._step = step
     where = self.checkpointer.directory
-    if self._pending is not None:  # an error of the previous asynchronous save surfaces here
-      with self.writing(f"checkpoint step {self._pending} in {where}"):
-        self.checkpointer.wait()
-      self.checkpoint_step, self._pending = self._pending, None
+    self.settle()
     with self.writing(f"checkpoint step {step} in {where}"):
       self.checkpointer.save(step, tree)
     self._pending = step
@@ -394,6 +404,13 @@ def run(rec: Recorder, trainer: Trainer, *, start: int, total_steps: int, cadenc
       if evaluate_now:
         stop = agreement.primary(bool(stop))
       if save or stop:
+        # The previous save's error first, agreed before this save's collectives start (a
+        # process failing alone would leave the others in orbax's barrier).
+        try:
+          rec.settle()
+        except workdir_lib.WriteFailure as e:
+          failure = e
+        _agree_on_failure(agreement, failure, rec, step)
         try:
           rec.save(step, trainer.host_state())
         except workdir_lib.WriteFailure as e:
@@ -409,6 +426,17 @@ def run(rec: Recorder, trainer: Trainer, *, start: int, total_steps: int, cadenc
   if progress is not None:
     progress.close()
   return status, step
+
+
+def close(rec: Recorder) -> None:
+  """`Recorder.close` (the last save's completion), agreed: a storage error on any process
+  ends every process with it."""
+  failure = None
+  try:
+    rec.close()
+  except workdir_lib.WriteFailure as e:
+    failure = e
+  _agree_on_failure(Agreement(), failure, rec, rec.step)
 
 
 def to_host(tree):

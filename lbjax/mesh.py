@@ -156,10 +156,18 @@ def to_host(tree):
 
 
 def data_parallel(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, *,
-                  donate_argnums: Sequence[int] = (), check_vma: bool = True,
-                  static_argnums: Sequence[int] = ()) -> Callable:
+                  donate_argnums: Sequence[int] = (), static_argnums: Sequence[int] = ()
+                  ) -> Callable:
   """``jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=..., out_specs=...))``: the per-device
   program ``fn`` (with its ``lax.pmean``/``psum`` over the mesh's named axes) as one SPMD program.
+
+  pmap's semantics, exactly: ``check_vma=False``. With JAX's replication checking on, the
+  gradient of a replicated input (the weights, ``P()``) is summed over the devices by autodiff
+  itself (the transpose of the implicit broadcast is a ``psum``), so a per-device step written
+  for pmap — its own gradient, then ``lax.pmean`` — would apply D times the mean gradient. Off,
+  each device differentiates its own loss and the step's ``pmean`` averages, as under
+  ``jax.pmap``; an output declared replicated (``P()``) is taken from the devices, which the
+  step's ``pmean``s make identical (tested against one device for every optimizer).
 
   ``static_argnums`` are passed to ``fn`` as Python values (closed over, not sharded); the
   other arguments follow ``in_specs`` (one spec per non-static argument).
@@ -167,7 +175,7 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, *,
   static_argnums = tuple(static_argnums)
   if not static_argnums:
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                 check_vma=check_vma), donate_argnums=tuple(donate_argnums))
+                                 check_vma=False), donate_argnums=tuple(donate_argnums))
 
   def launched(*args):
     static = {i: args[i] for i in static_argnums}
@@ -178,6 +186,6 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, *,
       return fn(*[static[i] if i in static else next(it) for i in range(len(args))])
 
     return jax.shard_map(per_device, mesh=mesh, in_specs=tuple(in_specs), out_specs=out_specs,
-                         check_vma=check_vma)(*dynamic)
+                         check_vma=False)(*dynamic)
 
   return jax.jit(launched, static_argnums=static_argnums, donate_argnums=tuple(donate_argnums))

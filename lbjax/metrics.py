@@ -22,6 +22,22 @@ def _py(v):
   return v.item() if v.ndim == 0 else v.tolist()
 
 
+def echo_text(record: Mapping[str, Any]) -> str:
+  """The stdout line of a record: ``key=value`` each, except that a family of per-layer series
+  (keys ``<family>/<path>``, e.g. ``train_trust_ratio/Conv_0/kernel``) is summarised as
+  ``<family>/*=[min, max] (n)``; metrics.jsonl and TensorBoard keep every series."""
+  parts, families = [], {}
+  for k, v in record.items():
+    family, slash, _ = k.partition("/")
+    if slash and isinstance(v, (int, float)):
+      families.setdefault(family, []).append(v)
+    else:
+      parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+  parts += [f"{family}/*=[{min(vs):.4g}, {max(vs):.4g}] ({len(vs)})"
+            for family, vs in families.items()]
+  return ", ".join(parts)
+
+
 class MetricWriter:
   """Writes scalars to stdout, TensorBoard and ``workdir/metrics.jsonl`` (primary host only)."""
 
@@ -63,9 +79,7 @@ class MetricWriter:
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
     if self.echo:
-      text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in record.items())
-      print(f"[step {step}] {text}", flush=True)
+      print(f"[step {step}] {echo_text(record)}", flush=True)
 
   def flush(self) -> None:
     if self._tb is not None:

@@ -58,6 +58,7 @@ from lbjax.errors import ConfigError
 from lbjax.optim import kfac_capture
 from lbjax.optim import registry
 from lbjax.optim import smoothout
+from lbjax.optim import trust
 
 AXIS = mesh_lib.AXIS  # the named device axis of every per-device program
 
@@ -71,9 +72,12 @@ class TrainState(struct.PyTreeNode):
   seed: jnp.ndarray
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 axis_name: str | None = AXIS) -> nn.Module:
+  """``config.model``; its BatchNorm averages the batch moments over ``axis_name`` (None: each
+  device normalises with its own)."""
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  return models.create(config.model.name, num_classes, axis_name=AXIS, **kwargs)
+  return models.create(config.model.name, num_classes, axis_name=axis_name, **kwargs)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int
@@ -119,7 +123,9 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
                     learning_rate: optax.Schedule,
                     perturb: Callable | None = None,
                     capture: Callable | None = None,
-                    log_noise_scale: bool = False) -> accumulate.StepParts:
+                    log_noise_scale: bool = False,
+                    own_model: nn.Module | None = None,
+                    log_trust_ratios: bool = False) -> accumulate.StepParts:
   """The train step as ``StepParts(terms, apply)``: per-(micro-)batch means, then one update.
 
   ``perturb(params, step, seed)`` (SmoothOut, ``lbjax.optim.smoothout.from_config``): the
@@ -135,7 +141,25 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
   norm of the gradient passed to ``tx.update``). Off, the step is exactly the one without them.
   The pieces (micro-batches, or halves on one device) come from the step around these parts
   (`lbjax.accumulate.scan_step`'s ``halves``).
+
+  ``own_model`` (``log_noise_scale`` with BatchNorm whose moments are averaged over AXIS): on a
+  device axis of more than one device, a piece's gradient in the training pass depends on the
+  other devices' examples through the shared moments, so the pieces are not independent
+  small-batch gradients and their spread says nothing about B_small. Then ``terms`` takes a
+  second gradient of the same piece at the same weights through ``own_model`` (the model with
+  each device's moments its own, as Ghost BN of the piece), and ``grad_sq_small`` /
+  ``grad_sq_big`` are the squared norms of those piece gradients and of their mean: one more
+  forward/backward per piece, for the measurement only (training uses the shared moments).
+
+  ``log_trust_ratios`` (``config.log_trust_ratios``, `lbjax.config_lib.logs_trust_ratios`): the
+  metrics gain ``trust_ratio/<parameter path>``, the layer-wise factor this update applied to
+  each tensor (`lbjax.optim.trust_ratios`: LARS's λ_l, LAMB's ‖w‖/‖r‖; 1 outside LARS's mask).
   """
+
+  def own_loss_fn(params, batch_stats, images, targets):
+    logits, _ = own_model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, mutable=["batch_stats"])
+    return cross_entropy(logits, targets)
 
   def loss_fn(params, batch_stats, images, targets):
     logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -160,7 +184,11 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
     out = {"loss": loss, "accuracy": soft_accuracy(logits, targets), "grads": grads,
            "batch_stats": batch_stats, "kfac_stats": stats}
     if log_noise_scale:  # |G_{B_small}|² of this piece (McCandlish et al. 2018 App. A.1)
-      out["grad_sq"] = noise_scale.squared_norm(grads)
+      piece = grads
+      if own_model is not None and lax.axis_size(AXIS) > 1:  # shared moments: see the doc
+        piece = jax.grad(own_loss_fn)(grad_params, state.batch_stats, images, targets)
+        out["grads_own"] = piece
+      out["grad_sq"] = noise_scale.squared_norm(piece)
     return out
 
   def apply(state: TrainState, terms):
@@ -186,7 +214,12 @@ def make_step_parts(model: nn.Module, tx: optax.GradientTransformation, *,
     }
     if log_noise_scale:
       metrics["grad_sq_small"] = terms["grad_sq"]
-      metrics["grad_sq_big"] = metrics["grad_norm"] ** 2  # |G_{B_big}|², no second pass
+      if "grads_own" in terms:  # the mean of the pieces' own gradients (``own_model``)
+        metrics["grad_sq_big"] = noise_scale.squared_norm(terms["grads_own"])
+      else:
+        metrics["grad_sq_big"] = metrics["grad_norm"] ** 2  # |G_{B_big}|², no second pass
+    if log_trust_ratios:  # what LARS/LAMB users debug with: each layer's factor of this update
+      metrics.update(trust.trust_ratio_metrics(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
@@ -319,6 +352,18 @@ def _has_batch_norm(model: nn.Module, data: datasets.Dataset) -> bool:
   return bool(jax.tree.leaves(variables.get("batch_stats", {})))
 
 
+def _own_model(config: ml_collections.ConfigDict, model: nn.Module, data: datasets.Dataset
+               ) -> nn.Module | None:
+  """The noise scale's ``own_model`` (`make_step_parts`): ``config.model`` with each device's
+  BatchNorm moments its own, when ``config.log_noise_scale`` is on and the model's BatchNorm
+  shares its moments across devices (BatchNorm without ghost batches); else None."""
+  if not config.get("log_noise_scale", False) or not _has_batch_norm(model, data):
+    return None
+  if config.model.get("ghost_batch_size") is not None:
+    return None  # ghost batches are normalised with their own moments already
+  return create_model(config, data.num_classes, axis_name=None)
+
+
 def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
   return datasets.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                        validation_fraction=config.validation_fraction, seed=config.seed)
@@ -344,7 +389,9 @@ def build(config: ml_collections.ConfigDict, data: datasets.Dataset | None = Non
                                  num_classes=data.num_classes, mean=mean, std=std,
                                  learning_rate=learning_rate,
                                  perturb=smoothout.from_config(config, total_steps),
-                                 log_noise_scale=bool(config.get("log_noise_scale", False)))
+                                 log_noise_scale=bool(config.get("log_noise_scale", False)),
+                                 own_model=_own_model(config, model, data),
+                                 log_trust_ratios=config_lib.logs_trust_ratios(config))
   train_parts = step_parts(capture=kfac_capture.from_config(config.optimizer, model,
                                                             cross_entropy))
   # K-FAC's statistics every τ steps: the other steps run the step without the capture.

@@ -67,7 +67,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from lbjax import accumulate
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
 from lbjax import evaluation
@@ -271,7 +270,7 @@ class Replicas:
 
         return mesh_lib.data_parallel(
             per_device, self.mesh, in_specs=(replica, mesh_lib.P(REPLICA_AXIS, step_lib.AXIS)),
-            out_specs=replica, donate_argnums=(0,), check_vma=accumulate.PMAP_SEMANTICS)
+            out_specs=replica, donate_argnums=(0,))
 
       self._step = {kind: launch(exp.device_step(kind)) for kind in kinds}
       self.states = mesh_lib.put_sharded(states, self.mesh, REPLICA_AXIS)
@@ -409,7 +408,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   rec.write_config(config)
 
   def finish(status: str, phase: int, step: int, **results) -> dict[str, Any]:
-    rec.close()
+    loop.close(rec)
     rec.write_status(status, step, phase=phase, total_steps=total, **results)
     if phase == 2:  # phase 1 printed its own outcome
       loop.print_outcome(status, step, what="SWAP phase 2")
@@ -491,5 +490,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   print(f"averaged model test accuracy: {results['test_accuracy']:.4f} ({num_replicas} replicas"
         f"{' SWA averages' if swa.enabled(config) else ''}, BatchNorm recomputed)", flush=True)
   summary = finish("completed", 3, total, **phase1, **results)
-  print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
+  print(f"final test accuracy: {results['result_test_accuracy']:.4f} (SWAP average of "
+        f"{'the SWA averages of ' if swa.enabled(config) else ''}{num_replicas} replicas, "
+        "BatchNorm recomputed)", flush=True)
   return summary

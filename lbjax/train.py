@@ -128,9 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     rec.write_metrics(step, {**results, "epoch": step / exp.steps_per_epoch})
     if callback is not None:
       callback(step_offset + step, results)
-  rec.close()
+  loop.close(rec)  # agreed: a storage error on any process ends all
   rec.write_status(status, step, total_steps=total, **results)
   if status == "completed":
-    print(f"final test accuracy: {results['test_accuracy']:.4f}", flush=True)
+    model = "SWA average, BatchNorm recomputed" if swa.enabled(config) else "trained weights"
+    print(f"final test accuracy: {results['result_test_accuracy']:.4f} ({model})", flush=True)
   loop.print_outcome(status, step)
   return {"status": status, "step": step, **results}

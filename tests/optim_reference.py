@@ -46,8 +46,10 @@ class NoisyQuadratic:
                         self.a, self.xi[t], w)
 
 
-def run(tx: optax.GradientTransformation, params, quad: "NoisyQuadratic", steps: int):
-  """``steps`` jitted updates on ``quad``; returns the weights after each step (NumPy)."""
+def run(tx: optax.GradientTransformation, params, quad: "NoisyQuadratic", steps: int,
+        states: list | None = None):
+  """``steps`` jitted updates on ``quad``; returns the weights after each step (NumPy).
+  ``states``, if a list, receives the optimizer state after each step."""
 
   @jax.jit
   def step(params, state, xi):
@@ -61,6 +63,8 @@ def run(tx: optax.GradientTransformation, params, quad: "NoisyQuadratic", steps:
   for t in range(steps):
     params, state = step(params, state, quad.xi[t])
     history.append(jax.device_get(params))
+    if states is not None:
+      states.append(jax.device_get(state))
   return history
 
 

@@ -13,7 +13,9 @@ import pytest
 from lbjax import accumulate
 from lbjax import checkpoint as checkpoint_lib
 from lbjax import config_lib
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
+from lbjax import step as step_lib
 from lbjax import train
 from lbjax.errors import ConfigError
 from tests.test_train import small_config
@@ -32,19 +34,19 @@ _RUNS = {}
 
 
 def run(config, num_devices=1, steps=2):
-  """``steps`` updates through ``Experiment.pmap_train_step``; (init params, final state,
-  last metrics) on the host. Memoised: tests share their references."""
+  """``steps`` updates through ``Experiment.train_program`` on a mesh of the first
+  ``num_devices`` devices; (init params, final state, last metrics) on the host. Memoised:
+  tests share their references."""
   key = (config.to_json(), num_devices, steps)
   if key not in _RUNS:
-    exp = train.build(config)
-    devices = jax.devices()[:num_devices]
-    step_fn = exp.pmap_train_step(devices)
+    exp = step_lib.build(config)
+    mesh = mesh_lib.data_mesh(jax.devices()[:num_devices])
+    program = exp.train_program(mesh)
     init = exp.init_state()
-    state = train.replicate(init, devices)
+    state = mesh_lib.put_replicated(init, mesh)
     for step in range(steps):
-      state, metrics = step_fn(state, exp.train_batch(step, local_device_count=num_devices))
-    first = lambda tree: jax.device_get(jax.tree.map(lambda x: x[0], tree))
-    _RUNS[key] = jax.device_get(init.params), first(state), first(metrics)
+      state, metrics = program(state, exp.put_train_batch(step, mesh))
+    _RUNS[key] = jax.device_get(init.params), mesh_lib.to_host(state), mesh_lib.to_host(metrics)
   return _RUNS[key]
 
 
@@ -95,7 +97,7 @@ def test_eight_micro_batches_give_the_full_batch_update_of_every_optimizer():
   they give the full-batch updates and optimizer states. (The whole train step and the host
   loop: the tests below.)"""
   config = optimizer_config("kfac", augment="crop+normalize+cutmix")
-  exp = train.build(config)
+  exp = step_lib.build(config)
   state = exp.init_state()
   batch = jax.tree.map(lambda x: x[0], exp.train_batch(0, local_device_count=1))
   terms = exp.train_parts.terms
@@ -107,7 +109,7 @@ def test_eight_micro_batches_give_the_full_batch_update_of_every_optimizer():
     assert_same(acc[key], full[key])
 
   for name in OPTIMIZERS:
-    tx = train.build(optimizer_config(name), data=exp.data).tx
+    tx = step_lib.build(optimizer_config(name), data=exp.data).tx
     extra = (lambda t: {"kfac_stats": t["kfac_stats"]}) if name == "kfac" else (lambda t: {})
     update = jax.jit(lambda t, o, p, tx=tx, extra=extra: tx.update(t["grads"], o, p, **extra(t)))
     results = []
@@ -131,7 +133,7 @@ def ghost_full():
   return run(tiny_config(**{"model.name": "resnet_tiny", "model.ghost_batch_size": 4}))
 
 
-def test_accumulation_with_ghost_bn_composes_with_pmap(ghost_full):
+def test_accumulation_with_ghost_bn_composes_with_data_parallelism(ghost_full):
   """Ghost batches inside micro-batches: on 4 devices with 2 micro-batches each, the same
   normalisation, update and running averages as the unaccumulated step on one device."""
   _, full, _ = ghost_full
@@ -166,7 +168,7 @@ def test_train_and_evaluate_counts_optimizer_updates(tmp_path):
   assert steps == [1, 2]
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.latest_step() == total
-  final = ckpt.restore(total, train.build(config).init_state())
+  final = ckpt.restore(total, step_lib.build(config).init_state())
   ckpt.close()
   _, full, _ = run(reference, num_devices=1, steps=total)  # 1 device = 4 devices (test_train)
   assert_same(final.params, full.params)

@@ -1,16 +1,25 @@
-"""lbjax.analysis: linear interpolation between checkpoints, filter-normalised directions."""
+"""lbjax.analysis: linear interpolation between checkpoints, filter-normalised directions, and
+the model of a run that the analyses restore (the SWA average, SWAP's average)."""
 
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
+from lbjax import checkpoint as checkpoint_lib
+from lbjax import evaluation
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
+from lbjax import runners
+from lbjax import step as step_lib
+from lbjax import swa
 from lbjax import train
 from lbjax.analysis import interpolate as interpolate_cli
 from lbjax.analysis import interpolation
 from lbjax.analysis import runs
+from lbjax.analysis import sharpness
 from tests import experiment_runs
 from tests.test_train import small_config
 
@@ -67,11 +76,11 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
     assert curve["test_accuracy"][i] == pytest.approx(status["test_accuracy"], abs=1e-9)
     # The training loss: the restored checkpoint evaluated on the training split directly.
     sol = runs.restore(workdir)
-    p_eval = jax.pmap(sol.exp.eval_step, axis_name=train.AXIS)
-    from flax import jax_utils  # pylint: disable=g-import-not-at-top
-    direct = train.evaluate(p_eval, jax_utils.replicate(sol.params),
-                            jax_utils.replicate(sol.batch_stats), sol.exp.data.train,
-                            batch_size=256)
+    mesh = mesh_lib.data_mesh()
+    direct = evaluation.evaluate(sol.exp.eval_program(mesh),
+                                 mesh_lib.put_replicated(sol.params, mesh),
+                                 mesh_lib.put_replicated(sol.batch_stats, mesh),
+                                 sol.exp.data.train, batch_size=256, mesh=mesh)
     assert curve["train_loss"][i] == pytest.approx(direct["loss"], rel=1e-5)
   assert result["steps"] == [12, 12]
   with open(out, "rb") as f:
@@ -82,7 +91,7 @@ def test_interpolation_endpoints_equal_each_checkpoints_evaluated_loss(tmp_path)
 
 def test_batchnorm_statistics_are_recomputed_for_the_weights_evaluated():
   config = small_config(**{"model.name": "resnet_tiny", "image_size": 8, "batch_size": 256})
-  exp = train.build(config)
+  exp = step_lib.build(config)
   state = jax.device_get(exp.init_state())
   evaluator = interpolation.Evaluator(exp, max_train_examples=64)
   garbage = jax.tree.map(lambda s: s + 5.0, state.batch_stats)
@@ -108,3 +117,76 @@ def test_random_direction_curves_centre_on_each_solution(tmp_path):
                                                   rel=1e-5)
     assert sharp == pytest.approx(max(curve["train_loss"]) - curve["train_loss"][1])
     assert curve["train_loss"][0] != pytest.approx(curve["train_loss"][1], rel=1e-4)
+
+
+def _evaluated(solution) -> dict[str, float]:
+  """The restored model evaluated on the test split, as the runs evaluate theirs."""
+  mesh = mesh_lib.data_mesh(jax.local_devices())
+  return evaluation.evaluate_splits(solution.exp, solution.exp.eval_program(mesh),
+                                    mesh_lib.put_replicated(solution.params, mesh),
+                                    mesh_lib.put_replicated(solution.batch_stats, mesh), mesh=mesh)
+
+
+def test_an_swa_run_is_measured_at_its_swa_average_with_batchnorm_recomputed(tmp_path):
+  from tests.test_swa import _swa_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "swa")
+  config = _swa_config()
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary["status"] == "completed" and summary["swa_models"] == 4
+  exp = step_lib.build(config)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step, state = ckpt.restore_latest(jax.device_get(exp.init_state()))
+  ckpt.close()
+  sol = runs.restore(workdir)
+  assert sol.step == step == 12
+  assert sol.model == ("SWA average of 4 weights (step 12; seed 000 eq. (1)), BatchNorm "
+                       "recomputed on the training data")
+  # The weights are W_swa of the optimizer state, not the last raw weights...
+  average, _ = swa.averaged_params(state.opt_state)
+  for got, want in zip(jax.tree.leaves(sol.params), jax.tree.leaves(average)):
+    np.testing.assert_array_equal(got, want)
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(average),
+                                                 jax.tree.leaves(state.params))) > 1e-3
+  # ...and the statistics are not the checkpoint's (those of the raw weights): with them, the
+  # model's test loss and accuracy are the SWA model's the run reported.
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(sol.batch_stats),
+                                                 jax.tree.leaves(state.batch_stats))) > 1e-3
+  status = metrics_lib.read_status(workdir)
+  got = _evaluated(sol)
+  assert got["test_loss"] == pytest.approx(status["swa_test_loss"], rel=1e-5)
+  assert got["test_accuracy"] == pytest.approx(status["result_test_accuracy"], abs=1e-9)
+  assert status["swa_test_loss"] != pytest.approx(status["test_loss"], rel=1e-3)
+
+  # The command measures that model and names it.
+  result = sharpness.measure(workdir, k=1, batches=1, trace_samples=2, max_iterations=1)
+  assert result["model"] == sol.model and result["step"] == 12
+  with open(os.path.join(workdir, sharpness.SHARPNESS_FILE)) as f:
+    assert json.load(f)["model"] == sol.model
+  batch = sharpness.train_batches(sol, 1, devices=jax.local_devices()[:1])[0]
+  batch = jax.tree.map(lambda x: x[0], batch)
+  assert result["train_loss"] == pytest.approx(
+      float(sharpness.train_loss(sol)(sol.params, batch)), rel=1e-5)
+  raw = sol._replace(params=state.params, batch_stats=state.batch_stats)
+  assert result["train_loss"] != pytest.approx(
+      float(sharpness.train_loss(raw)(raw.params, batch)), rel=1e-3)
+  assert sharpness.table(result).startswith(f"{os.path.abspath(workdir)}: SWA average of 4 "
+                                            "weights (step 12;")
+
+
+def test_a_swap_run_is_measured_at_its_average_and_named_with_its_steps(tmp_path):
+  from tests.test_swap import tiny_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "swap")
+  summary = runners.run(tiny_config(), workdir)
+  assert summary["status"] == "completed" and summary["phase"] == 3
+  sol = runs.restore(workdir)
+  # Phase 3 saved its model as step 0; the run's steps are phase 1's 6 and phase 2's 5.
+  assert sol.step == 5
+  assert sol.model == ("SWAP average of 4 replicas' weights (phase 1: 6 steps, phase 2: 5 "
+                       "steps), BatchNorm recomputed on the training data")
+  status = metrics_lib.read_status(workdir)
+  got = _evaluated(sol)
+  assert got["test_loss"] == pytest.approx(status["test_loss"], rel=1e-5)
+  assert got["test_accuracy"] == pytest.approx(status["result_test_accuracy"], abs=1e-9)
+  result = sharpness.measure(workdir, k=1, batches=1, trace_samples=2, max_iterations=1)
+  assert result["step"] == 5 and result["model"] == sol.model
+  assert "(step 0)" not in sharpness.table(result)

@@ -28,6 +28,7 @@ import pytest
 
 from configs import sweeps
 from lbjax import mesh as mesh_lib
+from lbjax import step as step_lib
 from lbjax import train
 from lbjax.optim import registry
 from tests.test_train import small_config
@@ -112,6 +113,20 @@ def test_a_run_and_its_resumption_compile_each_step_once(tmp_path):
   assert summary["status"] == "completed" and summary["step"] == 11
   assert resumed.calls(TRAIN_CALL) == 1, resumed.lines
   assert resumed.calls(EVAL_CALL) == 1, resumed.lines
+
+
+def test_the_train_program_takes_its_donated_outputs_without_compiling_again():
+  # Each step donates the replicated state (its buffers are reused for the new one) and the
+  # next step takes the program's own outputs: one compilation for every step.
+  exp = step_lib.build(compile_config())
+  run = train.Run(exp, exp.init_state())
+  with CompileCounter() as counter:
+    for step in range(3):
+      before = run.state
+      run.step(step)
+      assert all(x.is_deleted() for x in jax.tree.leaves(before)), step  # donated
+      assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(run.state))
+  assert counter.calls(TRAIN_CALL) == 1, counter.lines
 
 
 def test_the_counter_sees_a_recompilation(tmp_path, monkeypatch):

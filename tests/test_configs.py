@@ -1,7 +1,7 @@
 """Every config in configs/ (and every run of its sweep) loads, validates and builds — no training.
 
 A CIFAR-10 config gets a fake ``data_dir`` and a stand-in dataset of CIFAR-10's shape (50,000
-32x32x3 training images, as a zero-stride view): `lbjax.train.build` only needs the shapes. The
+32x32x3 training images, as a zero-stride view): `lbjax.step.build` only needs the shapes. The
 model and optimizer state are built with ``jax.eval_shape`` (no parameters computed); a model's
 shapes are computed once per model config and image shape.
 """
@@ -16,8 +16,8 @@ import pytest
 
 from experiments import run as run_lib
 from lbjax import runners
+from lbjax import step as step_lib
 from lbjax import swap
-from lbjax import train
 from lbjax.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ _PARAM_SHAPES: dict[str, object] = {}
 def _build(config):
   """The experiment of ``config`` and the shapes of its initial train state."""
   data = _fake_data(config)
-  exp = train.build(config, data)
+  exp = step_lib.build(config, data)
   model_key = json.dumps([config.model.to_dict(), data.train["image"].shape[1:]], sort_keys=True,
                          default=str)
   if model_key not in _PARAM_SHAPES:

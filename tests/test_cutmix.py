@@ -6,11 +6,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
 from lbjax import config_lib
-from lbjax import train
+from lbjax import mesh as mesh_lib
+from lbjax import step as step_lib
 from lbjax.data import augment
 from lbjax.data import cutmix
 from lbjax.data import datasets
@@ -140,26 +142,29 @@ def test_odd_per_device_batch_is_a_config_error():
 
 
 @functools.cache
-def _p_augment(mode, num_devices):
-  """pmapped ``(batch, seed, step) -> (images, targets)`` exactly as the train step augments."""
+def _augment_program(mode, num_devices):
+  """The mesh of the first ``num_devices`` devices and its data-parallel ``(batch, seed, step)
+  -> (images, targets)``, exactly as the train step augments (each device its rows)."""
   data = datasets.load("digits", image_size=W)
 
   def fn(batch, seed, step):
-    keys = train.step_keys(seed, step, batch["position"])
+    keys = step_lib.step_keys(seed, step, batch["position"])
     return augment.apply(batch, keys, mode=mode, num_classes=10, mean=data.mean, std=data.std,
                          train=True)
 
-  return jax.pmap(fn, axis_name=train.AXIS, in_axes=(0, None, None),
-                  devices=jax.devices()[:num_devices])
+  mesh = mesh_lib.data_mesh(jax.devices()[:num_devices])
+  rows = P(mesh_lib.AXIS)
+  return mesh, mesh_lib.data_parallel(fn, mesh, in_specs=(rows, P(), P()), out_specs=rows)
 
 
 def _augmented(mode, num_devices, seed, step, batch_size=32):
   data = datasets.load("digits", image_size=W)
   batch = pipeline.train_batch(data.train, step, batch_size=batch_size, seed=seed,
                                local_device_count=num_devices)
-  images, targets = _p_augment(mode, num_devices)(batch, seed, step)
-  return (np.asarray(images).reshape(batch_size, *images.shape[2:]),
-          np.asarray(targets).reshape(batch_size, -1))
+  mesh, program = _augment_program(mode, num_devices)
+  images, targets = program(mesh_lib.put_batch(batch, mesh), seed, step)
+  assert images.shape[0] == targets.shape[0] == batch_size
+  return np.asarray(images), np.asarray(targets)
 
 
 def test_seed003_augmentation_same_on_1_and_4_devices_and_deterministic():
@@ -181,21 +186,21 @@ def test_seed003_augmentation_same_on_1_and_4_devices_and_deterministic():
 
 
 def test_train_accuracy_metric_on_mixed_labels():
-  """``train.soft_accuracy`` (the train step's ``accuracy``) = mean_i targets_i[argmax
+  """``step_lib.soft_accuracy`` (the train step's ``accuracy``) = mean_i targets_i[argmax
   logits_i]: 0/1 accuracy for one-hot targets, the predicted label's share for CutMix's."""
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(64, 10)).astype(np.float32)
   labels = rng.integers(0, 10, 64)
   one_hot = np.eye(10, dtype=np.float32)[labels]
-  np.testing.assert_allclose(train.soft_accuracy(logits, one_hot),
+  np.testing.assert_allclose(step_lib.soft_accuracy(logits, one_hot),
                              np.mean(logits.argmax(-1) == labels), rtol=1e-6)
   zeros = jnp.zeros((B, H, W, 1))
   mixed = np.concatenate([np.asarray(_cutmix(zeros, one_hot[k:k + B], _keys(B, k))[1])
                           for k in range(0, 64, B)])
   assert np.mean(np.count_nonzero(mixed, axis=1) == 2) > 0.5  # labels really are mixed
   expected = np.mean(mixed[np.arange(64), logits.argmax(-1)])
-  np.testing.assert_allclose(train.soft_accuracy(logits, mixed), expected, rtol=1e-6)
+  np.testing.assert_allclose(step_lib.soft_accuracy(logits, mixed), expected, rtol=1e-6)
   # Predicting each example's own label earns its own share 1 − area/(H·W).
   own = np.eye(10, dtype=np.float32)[labels] * 10.
-  np.testing.assert_allclose(train.soft_accuracy(own, mixed),
+  np.testing.assert_allclose(step_lib.soft_accuracy(own, mixed),
                              np.mean(mixed[np.arange(64), labels]), rtol=1e-6)

@@ -4,10 +4,12 @@ import functools
 import os
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
 from lbjax import config_lib
+from lbjax import mesh as mesh_lib
 from lbjax.data import augment
 from lbjax.data import datasets
 from lbjax.data import pipeline
@@ -223,15 +225,22 @@ def test_eval_batches_cover_every_example_once():
                                 np.arange(n))
 
 
-def test_prefetch_to_device_feeds_pmap():
-  d = jax.local_device_count()
+def test_put_batches_feeds_a_data_parallel_program():
+  mesh = mesh_lib.data_mesh(jax.local_devices())
+  d = mesh_lib.local_device_count(mesh)
   batches = [pipeline.train_batch(_split(10), s, batch_size=2 * d, seed=0, local_device_count=d)
              for s in range(3)]
-  step = jax.pmap(lambda b: b["label"] * 10 + b["position"])
-  out = [step(b) for b in pipeline.prefetch_to_device(iter(batches), size=2)]
+  rows = P(mesh_lib.AXIS)
+  step = mesh_lib.data_parallel(lambda b: b["label"] * 10 + b["position"], mesh,
+                                in_specs=(rows,), out_specs=rows)
+  out = [step(b) for b in mesh_lib.put_batches(iter(batches), mesh, size=2)]
   assert len(out) == 3
   for got, batch in zip(out, batches):
-    np.testing.assert_array_equal(got, batch["label"] * 10 + batch["position"])
+    expected = batch["label"] * 10 + batch["position"]  # [devices, 2]
+    np.testing.assert_array_equal(np.asarray(got), expected.reshape(-1))
+    for shard in got.addressable_shards:  # device i holds its host rows [2i, 2i + 2)
+      i = list(mesh.devices.flat).index(shard.device)
+      np.testing.assert_array_equal(np.asarray(shard.data), expected[i])
 
 
 # ----------------------------------------------------------------------------- augment
@@ -328,9 +337,13 @@ def test_same_result_on_one_and_four_devices():
     return augment.apply({"image": image, "label": label}, keys, **kw)[0]
 
   one = jax.jit(step)(images, labels, positions)
-  many = jax.pmap(step)(images.reshape(d, 2, 6, 5, 3), labels.reshape(d, 2),
-                        positions.reshape(d, 2))
-  np.testing.assert_array_equal(np.asarray(many).reshape(one.shape), one)
+  mesh = mesh_lib.data_mesh(jax.local_devices())
+  rows = P(mesh_lib.AXIS)
+  many = mesh_lib.data_parallel(step, mesh, in_specs=(rows, rows, rows), out_specs=rows)(
+      *mesh_lib.put_batch((images.reshape(d, 2, 6, 5, 3), labels.reshape(d, 2),
+                           positions.reshape(d, 2)), mesh))
+  assert many.shape == one.shape
+  np.testing.assert_array_equal(np.asarray(many), one)
 
 
 def test_validate_mode():

@@ -25,6 +25,7 @@ from lbjax.errors import ConfigError
 from lbjax.models import layers
 from lbjax.optim import kfac_capture
 from lbjax.optim import registry
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 8, 8, 1)
@@ -193,14 +194,14 @@ def test_validate_config():
     models.validate_config(c)
 
 
-def _launch(*flags, devices=1, timeout=300):
+def _launch(*flags, devices=1):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "lbjax.main", *flags, "--config.progress_bar=False"],
                         check=False,
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
 
 
 def test_launcher_quickstart_bfloat16_reaches_090(tmp_path):
@@ -209,20 +210,20 @@ def test_launcher_quickstart_bfloat16_reaches_090(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")
-  assert float(last.split(": ")[1]) >= 0.90, run.stdout[-2000:]
+  assert float(last.split(": ")[1].split()[0]) >= 0.90, run.stdout[-2000:]
 
 
 def test_launcher_refuses_float16_in_one_line(tmp_path):
   workdir = tmp_path / "run"
   run = _launch("--config=configs/quickstart.py", f"--workdir={workdir}",
-                "--config.model.dtype=float16", timeout=120)
+                "--config.model.dtype=float16")
   assert run.returncode != 0
   assert "lbjax: error: config.model.dtype: float16 needs loss scaling" in run.stderr
   assert "Traceback" not in run.stderr
   assert not workdir.exists()
 
 
-def test_launcher_bfloat16_with_accumulation_pmap_and_swap_vmap(tmp_path):
+def test_launcher_bfloat16_with_accumulation_data_parallel_and_swap_vmap(tmp_path):
   """bfloat16 through every wrapper of the step at once: 4 devices, micro-batches of 8 (2 per
   device and step), SWAP with 4 vmapped replicas. Measured: phase 1 0.892, the average 0.928."""
   run = _launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
@@ -236,4 +237,4 @@ def test_launcher_bfloat16_with_accumulation_pmap_and_swap_vmap(tmp_path):
   assert "4 replicas x batch 32 (vmap)" in run.stdout
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")
-  assert float(last.split(": ")[1]) >= 0.80, run.stdout[-2000:]
+  assert float(last.split(": ")[1].split()[0]) >= 0.80, run.stdout[-2000:]

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from experiments import quickstart_seeds
 from experiments import report as report_lib
 from experiments import run as run_lib
 from experiments import tables
@@ -275,6 +276,47 @@ def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
     assert next(csv.reader(f)) == ["row", "column", "run", "status", "step", "seed", "value"]
 
 
+def _write_records(directory, records):
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, metrics_lib.METRICS_FILE), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_report_plots_each_runs_trust_ratios_over_training(tmp_path):
+  root = str(tmp_path / "runs")
+  workdir = _fabricated_run(root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.9)
+  _fabricated_run(root, "large,seed=0", lr=0.05, batch_size=128, seed=0, accuracy=0.9)
+  # A SWAP-shaped run: phase 1 (2 epochs) in phase1/, phase 2 (1 epoch) at the top level.
+  kernels = [0.02, 0.03, 0.05, 0.08]
+  _write_records(os.path.join(workdir, "phase1"), [
+      {"step": 5 * (i + 1), "train_loss": 1.0, "train_epoch": 0.5 * (i + 1),
+       "train_trust_ratio/Dense_0/bias": 1.0, "train_trust_ratio/Dense_0/kernel": kernels[i],
+       "train_trust_ratio/Dense_1/kernel": 10 * kernels[i]} for i in range(4)]
+      + [{"step": 20, "test_accuracy": 0.5, "epoch": 2.0}])
+  _write_records(workdir, [
+      {"step": 10, "train_loss": 0.5, "train_epoch": 1.0, "train_trust_ratio/Dense_0/bias": 1.0,
+       "train_trust_ratio/Dense_0/kernel": 0.1, "train_trust_ratio/Dense_1/kernel": 0.9},
+      {"step": 10, "test_accuracy": 0.9, "epoch": 1.0}])
+  curves = report_lib.trust_ratio_curves(workdir)
+  assert list(curves) == ["Dense_0/bias", "Dense_0/kernel", "Dense_1/kernel"]  # as logged
+  x, y = curves["Dense_0/kernel"]
+  np.testing.assert_allclose(x, [0.5, 1.0, 1.5, 2.0, 3.0])  # phase 2 after phase 1's 2 epochs
+  np.testing.assert_allclose(y, kernels + [0.1])
+  np.testing.assert_allclose(curves["Dense_1/kernel"][1], [0.2, 0.3, 0.5, 0.8, 0.9])
+  assert report_lib.trust_ratio_curves(os.path.join(root, "large,seed=0")) == {}
+  # The learning curve reads the same timeline as before.
+  np.testing.assert_allclose(report_lib.learning_curve(workdir)["train_loss"][0], [0.5, 1, 1.5, 2, 3])
+
+  out = report_lib.report(root, TINY_TABLE, str(tmp_path / "out"))
+  with open(out["paths"]["trust_ratios"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.basename(out["paths"]["trust_ratios"]) == f"{TINY_TABLE.name}_trust_ratios.png"
+  plain_root = str(tmp_path / "plain")
+  _fabricated_run(plain_root, "small,seed=0", lr=0.05, batch_size=64, seed=0, accuracy=0.9)
+  assert "trust_ratios" not in report_lib.report(plain_root, TINY_TABLE,
+                                                 str(tmp_path / "plain_out"))["paths"]
+
+
 def test_digits_study_compare_is_difference_of_means_against_twice_its_standard_error():
   from experiments import digits_study  # pylint: disable=g-import-not-at-top
   delta, threshold, exceeds = digits_study.compare([1.0, 2.0, 3.0], [5.0, 6.0, 7.0])
@@ -305,14 +347,15 @@ def test_digits_study_reports_seeds_sharpness_noise_scale_spread_and_skips_on_re
       trace.append(sharp["hessian_trace"])
       logged = [r["train_noise_scale"] for r in metrics_lib.read_metrics(workdir)
                 if isinstance(r.get("train_noise_scale"), (int, float))]
-      noise += logged[-1:]
+      assert logged, workdir  # every run logs B_simple (tiny_digits_study_config.py)
+      noise.append(logged[-1])
     per_run[run] = acc
     row = next(line for line in lines if line.startswith(f"| {run} |")).split(" | ")
     assert row[5] == "0,1"
     assert row[6] == f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}"
     assert row[8] == f"{np.mean(lam):.4g} ± {np.std(lam, ddof=1):.2g}"
     assert row[9] == f"{np.mean(trace):.4g} ± {np.std(trace, ddof=1):.2g}"
-    assert row[10] == (f"{np.mean(noise):.4g} ± {np.std(noise, ddof=1):.2g}" if noise else "—")
+    assert row[10] == f"{np.mean(noise):.4g} ± {np.std(noise, ddof=1):.2g}"
   a, b = per_run["2_lb_sgd"], per_run["1_sb_sgd"]
   delta = np.mean(a) - np.mean(b)
   bound = 2 * np.sqrt(np.var(a, ddof=1) / 2 + np.var(b, ddof=1) / 2)
@@ -329,3 +372,30 @@ def test_digits_study_reports_seeds_sharpness_noise_scale_spread_and_skips_on_re
   assert mtimes == [os.path.getmtime(f) for f in files]  # nothing retrained or re-measured
   row = next(line for line in again.splitlines() if line.startswith("| 1_sb_sgd |"))
   assert row.endswith("| (earlier) |") and f"{np.mean(per_run['1_sb_sgd']):.2f} ± " in row
+
+
+def test_quickstart_seeds_table_reads_finished_runs_and_flags_a_missed_seed(tmp_path):
+  """experiments/quickstart_seeds.py: a finished run is read, not rerun; the table gives each
+  seed, the mean and the minimum, and says no for a row with a seed below the threshold."""
+  root = str(tmp_path)
+  for (name, seed), acc in {("sgd", 0): 0.98, ("sgd", 1): 0.96, ("nag", 0): 0.97,
+                            ("nag", 1): 0.103}.items():
+    workdir = os.path.join(root, quickstart_seeds.run_name(name, seed))
+    os.makedirs(workdir)
+    metrics_lib.write_status(workdir, "completed", 168, result_test_accuracy=acc)
+  results = {(n, s): quickstart_seeds.run_one(root, n, s) for n in ("sgd", "nag") for s in (0, 1)}
+  assert results[("nag", 1)] == {"status": "completed", "accuracy": 0.103, "seconds": None,
+                                 "error": None}
+  text, ok = quickstart_seeds.table(results, ["sgd", "nag"], [0, 1], 0.90)
+  assert not ok
+  rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
+          for line in text.splitlines()[2:]}
+  assert rows["sgd"][2:] == ["0.9800", "0.9600", "0.9700", "0.9600", "yes"]
+  assert rows["nag"][2:] == ["0.9700", "0.1030", "0.5365", "0.1030", "**no**"]
+  assert rows["nag"][1] == "learning_rate=0.5, momentum=0.9, weight_decay=0.0005"
+  _, ok = quickstart_seeds.table({k: v for k, v in results.items() if k[0] == "sgd"}, ["sgd"],
+                                 [0, 1], 0.90)
+  assert ok
+  assert quickstart_seeds.command("nag", 1, "W")[2:] == [
+      "lbjax.main", "--config=configs/quickstart.py:nag", "--workdir=W", "--config.seed=1",
+      "--config.progress_bar=False"]

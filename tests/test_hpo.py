@@ -20,6 +20,7 @@ import tempfile
 import time
 import types
 
+import ml_collections
 import optuna
 from optuna.trial import TrialState
 import pytest
@@ -34,6 +35,8 @@ from lbjax.errors import ConfigError
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
+from tests.hang import HANG_SECONDS
+from tests.test_swap import tiny_config as tiny_swap_config
 from tests.test_workdir import _hold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +109,10 @@ def test_digits_variant_scales_the_decay_period():
     (lambda c: setattr(c.search_space.lr, "type", "gaussian"), "config.search_space.lr.type"),
     (lambda c: setattr(c.hpo, "validation_fraction", None), "config.validation_fraction"),
     (lambda c: setattr(c.hpo, "pruner", "psychic"), "config.hpo.pruner"),
+    (lambda c: setattr(c.hpo, "pruner", "threshold"), "config.hpo.pruner_threshold"),
+    (lambda c: setattr(c.hpo, "pruner_threshold", 0.5), "config.hpo.pruner_threshold"),
+    (lambda c: (setattr(c.hpo, "pruner", "threshold"), setattr(c.hpo, "pruner_threshold", 1.5)),
+     "config.hpo.pruner_threshold"),
     (lambda c: setattr(c.hpo, "grace_period", 30), "config.hpo.grace_period"),
 ])
 def test_bad_search_config_names_its_key(mutate, key):
@@ -372,6 +379,63 @@ def test_worker_skips_a_trial_whose_workdir_another_process_holds(tmp_path, caps
   assert re.search(r"lbjax.hpo: trial 0 skipped: its workdir is in use by process \d+ on ", out), out
 
 
+def test_swap_study_tunes_phase_2_and_leaves_no_checkpoints(tmp_path, capsys):
+  """Issue 26 item 3: a space over a SWAP config tunes phase 2 through its ``swap.*`` keys (here
+  its learning rate and a placeholder of its schedule, the linear-scaling base batch), and with
+  ``hpo.keep_trial_checkpoints=False`` the finished trial keeps no checkpoint of any phase."""
+  workdir = str(tmp_path)
+  storage = storage_lib.default_storage(workdir)
+  config = tiny_swap_config(**{"validation_fraction": 0.1, "swap.phase1_stop_accuracy": None})
+  assert config.swap.schedule.base_batch_size is None  # a placeholder: the file does not scale
+  with config.unlocked():
+    config.search_space = ml_collections.ConfigDict({
+        "lr": {"key": "optimizer.learning_rate", "type": "float", "low": 0.01, "high": 0.1},
+        "swap_lr": {"key": "swap.optimizer.learning_rate", "type": "float", "low": 1e-3,
+                    "high": 0.1, "log": True},
+        "swap_base": {"key": "swap.schedule.base_batch_size", "type": "int", "low": 16,
+                      "high": 64}})
+  assert space_lib.settings(config)["keep_trial_checkpoints"] is False
+  point = {"lr": 0.05, "swap_lr": 0.0123, "swap_base": 32}
+  settings = space_lib.settings(config)
+  study = worker.load_or_create_study(config, "swap", storage_lib.open_storage(storage, settings),
+                                      settings)
+  study.enqueue_trial(point)
+  counts = worker.run_worker(config, study_name="swap", trials=1, workdir=workdir)
+  assert counts["complete"] == 1, counts
+  assert "tunes no config.swap" not in capsys.readouterr().out
+  trial = optuna.load_study(study_name="swap", storage=storage).trials[0]
+  assert trial.params == pytest.approx(point)
+  run_dir = trial.user_attrs["workdir"]
+  with open(os.path.join(run_dir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["optimizer"]["learning_rate"] == 0.05
+  assert saved["swap"]["optimizer"]["learning_rate"] == 0.0123
+  assert saved["swap"]["schedule"]["base_batch_size"] == 32
+  # Phase 2 trained at the suggested rate, linearly scaled to its batch of 16: 0.0123 * 16 / 32
+  # at the start of its cosine (the file's would be 0.02, unscaled); phase 1 at 0.05.
+  phase2 = [r["train_learning_rate"] for r in metrics_lib.read_metrics(run_dir)
+            if "train_learning_rate" in r]
+  assert phase2 and 0.5 * 0.00615 < max(phase2) <= 0.00615 * (1 + 1e-5), phase2
+  phase1 = [r["train_learning_rate"] for r in metrics_lib.read_metrics(
+      os.path.join(run_dir, "phase1")) if "train_learning_rate" in r]
+  assert phase1 and 0.5 * 0.05 < max(phase1) <= 0.05 * (1 + 1e-5), phase1
+  assert metrics_lib.read_status(run_dir)["phase"] == 3
+  # No checkpoint directory of any phase is left; configs, statuses and metrics are.
+  left = [root for root, dirs, _ in os.walk(workdir) for d in dirs if d == "checkpoints"]
+  assert not left, left
+  for name in ("metrics.jsonl", "status.json", os.path.join("phase1", "metrics.jsonl"),
+               os.path.join("phase1", "status.json")):
+    assert os.path.exists(os.path.join(run_dir, name)), name
+
+  # A space that names no swap.* key leaves phase 2 at the config's values: the worker says so.
+  with config.unlocked():
+    del config.search_space["swap_lr"], config.search_space["swap_base"]
+  assert space_lib.untuned_phase2_note(config) == (
+      "the search space tunes no config.swap.* key: SWAP's phase 2 runs config.swap.optimizer "
+      "(sgd, learning_rate 0.02) and config.swap.schedule as the config sets them in every trial")
+  assert space_lib.untuned_phase2_note(tiny_config()) is None  # no SWAP
+
+
 # --- PostgreSQL: worker processes sharing one study -----------------------------------------------
 
 def _pg_binary(name):
@@ -466,7 +530,7 @@ def test_postgresql_workers_share_one_study_and_survive_a_kill(postgres, tmp_pat
   victim = start_worker("sgd_pg", postgres.url, n, runs, logs[0])
   survivor = start_worker("sgd_pg", postgres.url, n, runs, logs[1])
   storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
-  deadline, killed = time.time() + 900, None
+  deadline, killed = time.time() + HANG_SECONDS, None
   try:
     while killed is None:
       assert time.time() < deadline and victim.poll() is None and survivor.poll() is None, (
@@ -520,7 +584,7 @@ def test_unreachable_or_refusing_database_is_one_line_with_the_password_masked(p
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          f"--storage=postgresql://hpo:s3cret@127.0.0.1:{port}/hpo", "--study=s", "--trials=1",
          f"--workdir={tmp_path}"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                        check=False)
   assert out.returncode == 1 and out.stdout == "", out.stderr[-3000:]
   assert out.stderr == (
@@ -554,7 +618,7 @@ def test_postgresql_restart_mid_study_loses_no_trial(postgres, tmp_path):
   procs = [start_worker("sgd_restart", url, n, runs, log, grace_period=60, num_epochs=0.49,
                         eval_every_epochs=0.49) for log in logs]
   storage = optuna.storages.RDBStorage(storage_lib.storage_url(postgres.url))
-  deadline = time.time() + 600
+  deadline = time.time() + HANG_SECONDS
   try:
     while True:
       assert time.time() < deadline and all(p.poll() is None for p in procs), (

@@ -1,4 +1,8 @@
-"""The one loop (`lbjax.loop.run`) on a scripted step: cadence, divergence, callback, replicas."""
+"""The one loop (`lbjax.loop.run`) on a scripted Trainer: cadence, divergence, callback, replicas,
+preemption."""
+
+import os
+import signal
 
 import ml_collections
 import numpy as np
@@ -14,29 +18,45 @@ def _config(**overrides):
   return c
 
 
-def _steps(total, *, bad_step=None, replicas=1):
-  """Step s (1-based) yields loss s, accuracy s/100 (+ replica k/1000), finite unless bad."""
-  for s in range(1, total + 1):
+class Scripted:
+  """A `lbjax.loop.Trainer` of scripted steps: step s (1-based) gives loss s, accuracy s/100
+  (+ replica k/1000), finite unless s is ``bad_step``; its state is the number of steps taken.
+  During step ``signal_at`` the process sends itself SIGTERM (a preemption notice)."""
+
+  def __init__(self, *, bad_step=None, signal_at=None, num_replicas=1, examples_per_step=8,
+               noise_scale=None):
+    self.bad_step = bad_step
+    self.signal_at = signal_at
+    self.num_replicas = num_replicas
+    self.examples_per_step = examples_per_step
+    self.noise_scale = noise_scale
+    self.taken = 0
+
+  def step(self, step):
+    assert step == self.taken, (step, self.taken)  # the loop asks for the steps in order
+    self.taken += 1
+    s, replicas = self.taken, self.num_replicas
+    if s == self.signal_at:
+      os.kill(os.getpid(), signal.SIGTERM)
     acc = np.array([[s / 100 + k / 1000] * 2 for k in range(replicas)])  # [replicas, copies]
-    yield {"loss": np.full((replicas, 2), float(s)), "accuracy": acc,
-           "finite": np.full((replicas, 2), s != bad_step)}
+    return {"loss": np.full((replicas, 2), float(s)), "accuracy": acc,
+            "finite": np.full((replicas, 2), s != self.bad_step)}
+
+  def host_state(self):
+    return {"x": np.asarray(self.taken, np.int32)}
+
+  def evaluate(self, step):
+    return {"test_accuracy": step / 10}
 
 
-def _run(tmp_path, total=10, **kwargs):
-  rec = loop.Recorder(str(tmp_path), keep=10, async_save=False)
-  state = {"step": 0}
-  steps = _steps(total, bad_step=kwargs.pop("bad_step", None),
-                 replicas=kwargs.get("num_replicas", 1))
-
-  def counted():
-    for m in steps:
-      state["step"] += 1
-      yield m
-
-  out = loop.run(rec, kwargs.pop("config", _config()), start=0, total_steps=total,
-                 steps=counted(), host_state=lambda: {"x": np.asarray(state["step"], np.int32)},
-                 evaluate=lambda step: {"test_accuracy": step / 10}, steps_per_epoch=4.0,
-                 examples_per_step=8, **kwargs)
+def _run(tmp_path, total=10, *, config=None, bad_step=None, signal_at=None, num_replicas=1,
+         **kwargs):
+  config = config or _config()
+  rec = loop.Recorder(str(tmp_path), keep=10, every=config.checkpoint_every_steps,
+                      async_save=False)
+  trainer = Scripted(bad_step=bad_step, signal_at=signal_at, num_replicas=num_replicas)
+  out = loop.run(rec, trainer, start=0, total_steps=total,
+                 cadence=loop.Cadence.from_config(config, steps_per_epoch=4.0), **kwargs)
   saved = rec.checkpointer.all_steps()
   rec.close()
   return out, saved, metrics_lib.read_metrics(str(tmp_path))
@@ -79,3 +99,18 @@ def test_replica_accuracies_are_written_one_by_one(tmp_path):
   r = next(r for r in records if "train_replica_accuracy" in r)
   np.testing.assert_allclose(r["train_replica_accuracy"], [0.015, 0.016, 0.017])
   assert r["train_images_per_sec"] > 0
+
+
+def test_a_preemption_notice_saves_its_step_and_stops(tmp_path):
+  handler = signal.getsignal(signal.SIGTERM)
+  (status, step), saved, records = _run(tmp_path, signal_at=5)
+  assert (status, step) == ("preempted", 5)
+  assert saved == [3, 5]  # the preemption saves the step it stops at
+  assert records[-1]["step"] == 5 and records[-1]["train_loss"] == 5.0  # its window flushed
+  assert signal.getsignal(signal.SIGTERM) is handler  # the loop's handler is removed
+
+
+def test_a_preemption_notice_at_the_last_step_completes_the_run(tmp_path):
+  (status, step), saved, _ = _run(tmp_path, signal_at=10)
+  assert (status, step) == ("completed", 10)
+  assert saved == [3, 6, 9, 10]

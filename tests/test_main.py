@@ -1,5 +1,6 @@
 """The launcher end to end, as a user runs it: quickstart, resume, bad input, two hosts."""
 
+import json
 import os
 import socket
 import subprocess
@@ -7,10 +8,12 @@ import sys
 
 import numpy as np
 
+from tests.hang import HANG_SECONDS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args, devices=4, timeout=600, env_extra=None, background=False):
+def launch(*args, devices=4, env_extra=None, background=False):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -19,7 +22,7 @@ def launch(*args, devices=4, timeout=600, env_extra=None, background=False):
   if background:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                         check=False)
 
 
@@ -30,13 +33,36 @@ def test_quickstart_reaches_090_and_a_rerun_resumes(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")
-  accuracy = float(last.split(": ")[1])
+  accuracy = float(last.split(": ")[1].split()[0])
   assert accuracy >= 0.90
+  result = _status(workdir)["result_test_accuracy"]
+  assert last == f"final test accuracy: {result:.4f} (trained weights)"
   again = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
                  "--config.progress_bar=False", devices=1)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from step" in again.stdout
   assert again.stdout.strip().splitlines()[-1] == last
+
+
+def _status(workdir):
+  with open(os.path.join(workdir, "status.json")) as f:
+    return json.load(f)
+
+
+def test_swa_quickstart_last_line_is_the_swa_average(tmp_path):
+  """Issue 26 item 4: the last line names the model the run reports and gives its accuracy, the
+  number of ``result_test_accuracy`` (the SWA average, not the trained weights)."""
+  workdir = str(tmp_path / "swa")
+  run = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
+               "--config.progress_bar=False", "--config.swa.enabled=True",
+               "--config.swa.start_epoch=10", devices=1)
+  assert run.returncode == 0, run.stderr[-3000:]
+  status = _status(workdir)
+  assert status["result_test_accuracy"] == status["swa_test_accuracy"]
+  last = run.stdout.strip().splitlines()[-1]
+  assert last == (f"final test accuracy: {status['result_test_accuracy']:.4f} "
+                  "(SWA average, BatchNorm recomputed)")
+  assert status["result_test_accuracy"] >= 0.90
 
 
 def _snapshot(path):
@@ -58,7 +84,7 @@ def test_bad_input_in_a_real_process_names_the_key_and_leaves_the_workdir(tmp_pa
   before = _snapshot(str(workdir))
   key = "config.batch_size"
   run = launch("--config=configs/quickstart.py", f"--workdir={workdir}", "--config.batch_size=30",
-               devices=4, timeout=120)
+               devices=4)
   assert run.returncode != 0
   assert key in run.stderr, run.stderr[-2000:]
   assert "Traceback" not in run.stderr
@@ -96,7 +122,7 @@ def test_two_processes_match_one_process(tmp_path):
   procs = [launch(*short, f"--workdir={multi}", f"--coordinator_address=127.0.0.1:{port}",
                   "--num_processes=2", f"--process_id={i}", devices=1, background=True)
            for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  outs = [p.communicate(timeout=HANG_SECONDS)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   # Both processes evaluated the same global model on their shards and agree.

@@ -6,9 +6,11 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from lbjax import mesh as mesh_lib
 from lbjax import models
 from lbjax.errors import ConfigError
 from lbjax.models import layers
@@ -261,28 +263,38 @@ def test_ghost_bn_in_model_normalises_each_ghost_batch_alone():
     assert np.allclose(logits[:2], logits_other[:2], atol=1e-5) == independent
 
 
-# --- Cross-device statistics under pmap ---------------------------------------------------------
+# --- Cross-device statistics, data-parallel over a mesh -----------------------------------------
 
 DEVICES = 4
 
 
-def _pmap(fn, variables, x):
-  """``fn(variables, shard)`` pmapped over axis "batch" on ``DEVICES`` equal shards of ``x``."""
+def _data_parallel(fn, variables, x):
+  """``fn(variables, shard)`` as a data-parallel program (`lbjax.mesh.data_parallel`) over axis
+  "batch" of a mesh of ``DEVICES`` devices, each with its equal shard of ``x``: the outputs
+  concatenated over the devices, and every device's own running statistics ``[DEVICES, ...]``."""
   assert jax.local_device_count() >= DEVICES, "tests/conftest.py must force 4 host devices"
-  shards = x.reshape((DEVICES, x.shape[0] // DEVICES) + x.shape[1:])
-  replicated = jax.tree.map(lambda a: jnp.broadcast_to(a, (DEVICES,) + a.shape), variables)
-  return jax.pmap(fn, axis_name="batch")(replicated, shards)
+  mesh = mesh_lib.data_mesh(jax.local_devices()[:DEVICES])
+  rows = P(mesh_lib.AXIS)
+
+  def per_device(v, xs):
+    y, stats = fn(v, xs)
+    return y, jax.tree.map(lambda s: s[None], stats)  # each device's copy, not only the first
+
+  program = mesh_lib.data_parallel(per_device, mesh, in_specs=(P(), rows), out_specs=(rows, rows))
+  return program(mesh_lib.put_replicated(variables, mesh),
+                 mesh_lib.put_sharded(np.asarray(x), mesh, mesh_lib.AXIS))
 
 
-def _check_pmapped(pmapped, single, atol):
-  (y_dev, stats_dev), (y, stats) = pmapped, single
-  np.testing.assert_allclose(np.asarray(y_dev).reshape(y.shape), y, atol=atol, rtol=atol)
+def _check_data_parallel(parallel, single, atol):
+  (y_dev, stats_dev), (y, stats) = parallel, single
+  assert y_dev.shape == y.shape
+  np.testing.assert_allclose(np.asarray(y_dev), y, atol=atol, rtol=atol)
   for r in range(DEVICES):  # replicas hold identical running statistics equal to the 1-device ones
     chex.assert_trees_all_close(jax.tree.map(lambda s, r=r: s[r], stats_dev), stats, atol=atol)
 
 
 @pytest.mark.parametrize("ghost", [None, 2])
-def test_norm_pmap_equals_one_device(ghost):
+def test_norm_data_parallel_equals_one_device(ghost):
   """axis_name + no ghost: global-batch BN. Ghost: local ghost batches, pmean-ed running stats;
   ghost batches never cross a device, so both equal one device on the concatenated batch."""
   x = _images((16, 3, 3, 5)) * 2 + jnp.arange(16.)[:, None, None, None]  # devices differ
@@ -291,18 +303,18 @@ def test_norm_pmap_equals_one_device(ghost):
   def apply(axis_name, v, xs):
     return layers.norm(True, axis_name, ghost).apply(v, xs, mutable=["batch_stats"])
 
-  pmapped = _pmap(functools.partial(apply, "batch"), variables, x)
+  parallel = _data_parallel(functools.partial(apply, "batch"), variables, x)
   # The shards have different means, so per-device statistics would not match.
-  _check_pmapped(pmapped, apply(None, variables, x), atol=1e-5)
+  _check_data_parallel(parallel, apply(None, variables, x), atol=1e-5)
 
 
-def test_model_axis_name_pmap_equals_one_device():
+def test_model_axis_name_data_parallel_equals_one_device():
   """Model level (that every model's BN layers get ``axis_name`` is checked by the psum count)."""
   x = _images((4, 8, 8, 1))  # one example per device: local statistics would differ a lot
   model = models.create("resnet_tiny", 7, axis_name="batch")
   single = models.create("resnet_tiny", 7)
   variables = _init(single, x)
-  pmapped = _pmap(lambda v, xs: model.apply(v, xs, train=True, mutable=["batch_stats"]),
-                  variables, x)
-  _check_pmapped(pmapped, single.apply(variables, x, train=True, mutable=["batch_stats"]),
-                 atol=1e-4)
+  parallel = _data_parallel(lambda v, xs: model.apply(v, xs, train=True, mutable=["batch_stats"]),
+                            variables, x)
+  _check_data_parallel(parallel, single.apply(variables, x, train=True, mutable=["batch_stats"]),
+                       atol=1e-4)

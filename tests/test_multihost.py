@@ -110,7 +110,9 @@ def uninterrupted(tmp_path_factory):
   def final_line(name):
     if name not in lines:
       args = {"normal": SHORT, "swap": SWAP}[name]
-      outs = _finish(_launch_pair(args, str(tmp_path_factory.mktemp(name))), timeout=900)
+      procs = _launch_pair(args, str(tmp_path_factory.mktemp(name)))
+      outs = _finish(procs, timeout=900)
+      assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
       assert _last_line(outs[0]) == _last_line(outs[1]), outs[0][-2000:]
       assert _last_line(outs[0]).startswith("final test accuracy: "), outs[0][-3000:]
       lines[name] = _last_line(outs[0])
@@ -140,7 +142,9 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_pat
   assert _checkpoint_steps(os.path.join(workdir, "checkpoints")) == [step]
   assert all(f"preempted at step {step};" in out for out in outs)
 
-  outs = _finish(_launch_pair(SHORT, workdir), timeout=900)
+  procs = _launch_pair(SHORT, workdir)
+  outs = _finish(procs, timeout=900)
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
   for p_out in outs:
     assert f"resuming from step {step}" in p_out, p_out[-3000:]
     assert _last_line(p_out) == uninterrupted("normal")
@@ -159,7 +163,9 @@ def test_sigterm_in_swap_phase2_stops_both_and_resumes(tmp_path, uninterrupted):
   assert status["status"] == "preempted" and status["phase"] == 2, status
   step = status["step"]
   assert _checkpoint_steps(os.path.join(workdir, "phase2", "checkpoints")) == [0, step]
-  outs = _finish(_launch_pair(SWAP, workdir), timeout=900)
+  procs = _launch_pair(SWAP, workdir)
+  outs = _finish(procs, timeout=900)
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
   for out in outs:
     assert _last_line(out) == uninterrupted("swap"), out[-3000:]
 

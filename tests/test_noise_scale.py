@@ -2,7 +2,8 @@
 per-example gradient covariance is known exactly (linear regression with Gaussian inputs).
 
 `GaussianRegression` is the reference problem for the training-time test too (through the train
-step under pmap and micro-batches): ``problem.exact_b_simple`` is tr(Σ)/|G|² at ``problem.w``.
+step, data-parallel and with micro-batches): ``problem.exact_b_simple`` is tr(Σ)/|G|² at
+``problem.w``.
 """
 
 from typing import NamedTuple

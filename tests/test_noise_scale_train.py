@@ -29,12 +29,14 @@ import pytest
 
 from configs import default
 from lbjax import loop
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
 from lbjax import noise_scale
 from lbjax import step as step_lib
 from lbjax.analysis import noise_scale as analysis_noise_scale
 from lbjax.data import augment
 from lbjax.data import pipeline
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 256
@@ -92,21 +94,28 @@ def lenet():
           "exact": trace / g_sq, "reference": reference}
 
 
+def _each_device(x):
+  """Every device's own copy of a replicated global array: ``[devices, ...]``."""
+  return np.stack([np.asarray(shard.data) for shard in x.addressable_shards])
+
+
 def _train(exp, state, devices, steps, seed=0):
-  """``steps`` steps of the real pmapped step over ``devices``; the two squared norms per step
-  and the final host state."""
-  p_step = exp.pmap_train_step(devices)
-  state = step_lib.replicate(state, devices)
+  """``steps`` steps of the real train program on a mesh of ``devices``; the two squared norms
+  per step and the final host state."""
+  mesh = mesh_lib.data_mesh(devices)
+  program = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(state, mesh)
   small, big = [], []
   for s in range(steps):
     batch = pipeline.train_batch(exp.data.train, s, batch_size=BATCH, seed=seed,
                                  local_device_count=len(devices))
-    state, metrics = p_step(state, batch)
-    small.append(metrics["grad_sq_small"])
-    big.append(metrics["grad_sq_big"])
-  small, big = np.asarray(jax.device_get(small)), np.asarray(jax.device_get(big))
+    state, metrics = program(state, mesh_lib.put_batch(batch, mesh))
+    small.append(_each_device(metrics["grad_sq_small"]))
+    big.append(_each_device(metrics["grad_sq_big"]))
+  small, big = np.asarray(small), np.asarray(big)  # [steps, devices]
+  assert small.shape == big.shape == (steps, len(devices))
   assert np.all(small == small[:, :1]) and np.all(big == big[:, :1])  # pmean'd: identical
-  return small[:, 0], big[:, 0], step_lib.unreplicate(state)
+  return small[:, 0], big[:, 0], mesh_lib.to_host(state)
 
 
 def _piece_reference(lenet, step, seed, b_small):
@@ -120,7 +129,7 @@ def _piece_reference(lenet, step, seed, b_small):
 
 
 CASES = {  # name: (devices, micro_batch_size, steps, expected (b_small, b_big))
-    "pmap-4-devices": (4, None, 120, (64, 256)),
+    "4-devices": (4, None, 120, (64, 256)),
     "1-device-micro-batches": (1, 64, 120, (64, 256)),
     "1-device-halves": (1, None, 240, (128, 256)),
 }
@@ -151,13 +160,14 @@ def test_b_simple_over_many_steps_is_within_ten_percent_of_the_exact_one(lenet, 
 
 def _metrics_and_state(config, data, devices, steps=2):
   exp = step_lib.build(config, data)
-  p_step = exp.pmap_train_step(devices)
-  state = step_lib.replicate(exp.init_state(), devices)
+  mesh = mesh_lib.data_mesh(devices)
+  program = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(exp.init_state(), mesh)
   out = []
   for s in range(steps):
-    state, metrics = p_step(state, exp.train_batch(s, len(devices)))
-    out.append(jax.device_get(metrics))
-  return out, step_lib.unreplicate(state)
+    state, metrics = program(state, exp.put_train_batch(s, mesh))
+    out.append(mesh_lib.to_host(metrics))
+  return out, mesh_lib.to_host(state)
 
 
 ORIGINAL_METRICS = {"loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "update_norm",
@@ -215,25 +225,36 @@ def test_halves_on_one_device_are_micro_batches_of_half_the_batch():
   np.testing.assert_allclose(m_log[-1]["loss"], m_half[-1]["loss"], rtol=1e-5)
 
 
-def _scripted(total, start=0):
-  """Step s yields grad_sq_small 3 + sin(s), grad_sq_big 1 + sin(s)/4 over 2 replicas × 2."""
-  for s in range(start + 1, total + 1):
+class _Scripted:
+  """A `lbjax.loop.Trainer` of 2 replicas × 2 copies: step s (1-based) gives grad_sq_small
+  3 + sin(s), grad_sq_big 1 + sin(s)/4."""
+  examples_per_step, num_replicas, noise_scale = 8, 2, (16, 64)
+
+  def step(self, step):
+    s = step + 1
     full = lambda v: np.full((2, 2), v)
-    yield {"loss": full(1.0), "accuracy": full(0.5), "finite": full(True),
-           "grad_sq_small": full(3.0 + np.sin(s)), "grad_sq_big": full(1.0 + np.sin(s) / 4)}
+    return {"loss": full(1.0), "accuracy": full(0.5), "finite": full(True),
+            "grad_sq_small": full(3.0 + np.sin(s)), "grad_sq_big": full(1.0 + np.sin(s) / 4)}
+
+  def host_state(self):
+    return {"x": np.zeros((), np.int32)}
+
+  def evaluate(self, step):
+    del step
+    return {}
 
 
 def _loop(workdir, total, stop=None):
   config = ml_collections.ConfigDict({"log_every_steps": 2, "eval_every_epochs": 100.0,
                                       "checkpoint_every_steps": 4, "progress_bar": False,
                                       "noise_scale_decay": 0.5})
-  rec = loop.Recorder(str(workdir), keep=10, async_save=False)
+  rec = loop.Recorder(str(workdir), keep=10, every=config.checkpoint_every_steps,
+                      async_save=False)
   start, _ = rec.restore({"x": np.zeros((), np.int32)})
   start = start or 0
   end = stop or total
-  loop.run(rec, config, start=start, total_steps=end, steps=_scripted(end, start),
-           host_state=lambda: {"x": np.zeros((), np.int32)}, evaluate=lambda s: {},
-           steps_per_epoch=10.0, examples_per_step=8, num_replicas=2, noise_scale=(16, 64))
+  loop.run(rec, _Scripted(), start=start, total_steps=end,
+           cadence=loop.Cadence.from_config(config, steps_per_epoch=10.0))
   rec.close()
   return metrics_lib.read_metrics(str(workdir))
 
@@ -267,7 +288,7 @@ def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
   cmd = [sys.executable, "-m", "lbjax.main", "--config=configs/default.py", f"--workdir={workdir}",
          "--config.num_epochs=0.18", "--config.log_every_steps=1", "--config.progress_bar=False",
          "--config.log_noise_scale=True", "--config.noise_scale_decay=0.5"]
-  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+  run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS,
                        check=False)
   assert run.returncode == 0, run.stdout + run.stderr
   records = [r for r in metrics_lib.read_metrics(str(workdir)) if "train_loss" in r]

@@ -11,6 +11,7 @@ import pytest
 from lbjax import metrics as metrics_lib
 from lbjax.analysis import runs
 from tests import experiment_runs
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "inspect_checkpoint.ipynb")
@@ -25,7 +26,7 @@ def test_notebook_runs_on_a_quickstart_checkpoint(monkeypatch):
   workdir = experiment_runs.workdir("seed=0")  # quickstart config, 12 steps, digits 8x8
   monkeypatch.setenv("LBJAX_WORKDIR", workdir)  # read by the notebook's parameter cell
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+  nbclient.NotebookClient(nb, timeout=HANG_SECONDS, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}}).execute()
   for cell in nb.cells:
     for output in cell.get("outputs", []):

@@ -1,21 +1,22 @@
 """The property suite every optimizer passes: converges on a quadratic, accepts schedules for the
 learning rate and the weight decay, keeps dtypes, and gives the same result under jit on one
-device and pmap on four.
+device and data-parallel (`lbjax.mesh.data_parallel`) on four.
 
 K-FAC takes its curvature statistics as ``kfac_stats=`` in ``update``; here it gets synthetic
 ones (fixed symmetric positive-definite factors per covered layer, `synthetic_kfac_stats`), so
 its preconditioner is not the identity.
 """
 
-import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 from optim_reference import mask_of
 from optim_reference import random_tree
 import pytest
 
+from lbjax import mesh as mesh_lib
 from lbjax import optim
 from lbjax.optim.kfac import covered_layers
 
@@ -139,10 +140,10 @@ def test_keeps_dtypes(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_pmap_on_four_devices_equals_jit_on_one(name):
+def test_data_parallel_on_four_devices_equals_jit_on_one(name):
   n = 4
   assert jax.device_count() >= n, "tests/conftest.py must simulate 4 CPU devices"
-  devices = jax.devices()[:n]
+  mesh = mesh_lib.data_mesh(jax.devices()[:n])
   params = random_tree(13)
   tx = optax.chain(make(name, params=params), optim.add_uniform_noise(1e-3, seed=1))
   rng = np.random.default_rng(0)
@@ -152,20 +153,21 @@ def test_pmap_on_four_devices_equals_jit_on_one(name):
   extra = extra_args(name, params)
 
   def step(params, state, g):
+    g = jax.tree.map(lambda x: x[0], g)  # this device's own gradients
     updates, state = tx.update(jax.lax.pmean(g, "batch"), state, params, **extra)
     return optax.apply_updates(params, updates), state
 
-  p_step = jax.pmap(step, axis_name="batch", devices=devices)
-  p = (flax.jax_utils.replicate(params, devices),
-       flax.jax_utils.replicate(tx.init(params), devices))
+  p_step = mesh_lib.data_parallel(step, mesh, in_specs=(P(), P(), P("batch")), out_specs=P())
+  p = (mesh_lib.put_replicated(params, mesh), mesh_lib.put_replicated(tx.init(params), mesh))
   one = jax.jit(lambda params, state, g: step_single(tx, params, state, g, extra))
   s = (params, tx.init(params))
   for g in grads:
-    p = p_step(*p, g)
+    p = p_step(*p, mesh_lib.put_sharded(g, mesh, "batch"))
     s = one(*s, jax.tree.map(lambda x: x.mean(0), g))
-  for a, b in zip(jax.tree.leaves(jax.device_get(p[0])), jax.tree.leaves(s[0])):
-    for replica in a:
-      np.testing.assert_allclose(replica, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(p[0]), jax.tree.leaves(s[0])):
+    assert len(a.addressable_shards) == n
+    for shard in a.addressable_shards:  # every device's copy of the replicated result
+      np.testing.assert_allclose(np.asarray(shard.data), b, rtol=1e-5, atol=1e-6)
 
 
 def step_single(tx, params, state, g, extra):

@@ -2,9 +2,9 @@
 
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -16,6 +16,7 @@ from optim_reference import run
 from optim_reference import to64
 import pytest
 
+from lbjax import mesh as mesh_lib
 from lbjax import optim
 from lbjax import schedules
 
@@ -104,7 +105,7 @@ def test_annealed_scale_follows_its_schedule(annealing, final_ratio, expected):
 def test_replicas_stay_bit_identical_on_4_devices():
   n = 4
   assert jax.device_count() >= n, "tests/conftest.py must simulate 4 CPU devices"
-  devices = jax.devices()[:n]
+  mesh = mesh_lib.data_mesh(jax.devices()[:n])
   params = random_tree(9)
   tx = optax.chain(optim.sgd(0.1, momentum=0.9), optim.add_uniform_noise(1e-2, seed=0))
   rng = np.random.default_rng(0)
@@ -112,26 +113,29 @@ def test_replicas_stay_bit_identical_on_4_devices():
                               params) for _ in range(10)]
 
   def step(params, state, grads):
+    grads = jax.tree.map(lambda g: g[0], grads)  # this device's own gradients
     grads = jax.lax.pmean(grads, "batch")  # each device saw different data
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  p_step = jax.pmap(step, axis_name="batch", devices=devices)
-  p_params = flax.jax_utils.replicate(params, devices)
-  p_state = flax.jax_utils.replicate(tx.init(params), devices)
+  p_step = mesh_lib.data_parallel(step, mesh, in_specs=(P(), P(), P("batch")), out_specs=P())
+  p_params = mesh_lib.put_replicated(params, mesh)
+  p_state = mesh_lib.put_replicated(tx.init(params), mesh)
   for grads in local_grads:
-    p_params, p_state = p_step(p_params, p_state, grads)
-  for leaf in jax.tree.leaves(jax.device_get((p_params, p_state))):
-    for replica in leaf[1:]:
-      np.testing.assert_array_equal(replica, leaf[0])
+    p_params, p_state = p_step(p_params, p_state, mesh_lib.put_sharded(grads, mesh, "batch"))
+  for leaf in jax.tree.leaves((p_params, p_state)):
+    replicas = [np.asarray(shard.data) for shard in leaf.addressable_shards]  # each device's
+    assert len(replicas) == n
+    for replica in replicas[1:]:
+      np.testing.assert_array_equal(replica, replicas[0])
   # The noise did act: the same run without it ends elsewhere.
   quiet = optim.sgd(0.1, momentum=0.9)
   q_params, q_state = params, quiet.init(params)
   for grads in local_grads:
     updates, q_state = quiet.update(jax.tree.map(lambda g: g.mean(0), grads), q_state, q_params)
     q_params = optax.apply_updates(q_params, updates)
-  gap = max(float(np.abs(a[0] - b).max())
-            for a, b in zip(jax.tree.leaves(jax.device_get(p_params)), jax.tree.leaves(q_params)))
+  gap = max(float(np.abs(a - b).max())
+            for a, b in zip(jax.tree.leaves(mesh_lib.to_host(p_params)), jax.tree.leaves(q_params)))
   assert gap > 1e-3
 
 

@@ -2,7 +2,6 @@
 
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +10,9 @@ import pytest
 
 from configs import quickstart
 from configs import sweeps
+from lbjax import mesh as mesh_lib
 from lbjax import optim
-from lbjax import train
+from lbjax import step as step_lib
 
 
 def test_perturbation_is_uniform_in_the_box():
@@ -64,20 +64,21 @@ def small_config(**overrides):
 def test_train_step_takes_the_gradient_at_the_perturbed_weights():
   """One SGD step with SmoothOut from θ equals a plain step from θ + δ, shifted back by −δ."""
   s = 0.05
-  exp = train.build(small_config(**{"smoothout.scale": s}))
-  plain = train.build(small_config(), data=exp.data)
-  devices = jax.devices()[:1]
+  exp = step_lib.build(small_config(**{"smoothout.scale": s}))
+  plain = step_lib.build(small_config(), data=exp.data)
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
   state = exp.init_state()
   delta_params = optim.smoothout_perturb(state.params, optim.smoothout_key(0, 0), s)
   delta = jax.tree.map(lambda a, b: a - b, delta_params, state.params)
-  batch = exp.train_batch(0, local_device_count=1)
-  smooth, _ = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=devices)(
-      flax.jax_utils.replicate(state, devices), batch)
-  shifted, _ = jax.pmap(plain.train_step, axis_name=train.AXIS, devices=devices)(
-      flax.jax_utils.replicate(state.replace(params=delta_params), devices), batch)
+  smooth, _ = exp.train_program(mesh)(mesh_lib.put_replicated(state, mesh),
+                                      exp.put_train_batch(0, mesh))
+  shifted, _ = plain.train_program(mesh)(
+      mesh_lib.put_replicated(state.replace(params=delta_params), mesh),
+      plain.put_train_batch(0, mesh))
+  smooth, shifted = mesh_lib.to_host(smooth), mesh_lib.to_host(shifted)
   for a, b, d in zip(jax.tree.leaves(smooth.params), jax.tree.leaves(shifted.params),
                      jax.tree.leaves(delta)):
-    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0] - d), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b - d), atol=1e-6)
   assert max(float(np.abs(d).max()) for d in jax.tree.leaves(delta)) > 0.9 * s
 
 
@@ -88,12 +89,14 @@ def test_replicas_stay_bit_identical_with_smoothout_and_noise(adaptive):
   config = small_config(**{"smoothout.scale": 0.05, "smoothout.adaptive": adaptive,
                            "smoothout.annealing": "cosine", "noise.scale": 1e-3,
                            "noise.annealing": "linear"})
-  exp = train.build(config)
-  devices = jax.devices()[:n]
-  step = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=devices)
-  state = flax.jax_utils.replicate(exp.init_state(), devices)
+  exp = step_lib.build(config)
+  mesh = mesh_lib.data_mesh(jax.devices()[:n])
+  step = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(exp.init_state(), mesh)
   for t in range(3):
-    state, _ = step(state, exp.train_batch(t, local_device_count=n))
-  for leaf in jax.tree.leaves(jax.device_get(state)):
-    for replica in leaf[1:]:
-      np.testing.assert_array_equal(replica, leaf[0])
+    state, _ = step(state, exp.put_train_batch(t, mesh))
+  for leaf in jax.tree.leaves(state):
+    replicas = [np.asarray(shard.data) for shard in leaf.addressable_shards]  # each device's
+    assert len(replicas) == n
+    for replica in replicas[1:]:
+      np.testing.assert_array_equal(replica, replicas[0])

@@ -19,6 +19,7 @@ from lbjax import main
 from lbjax import runners
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(registry.OPTIMIZERS)
@@ -132,12 +133,12 @@ def test_sweep_overrides_switch_a_block_as_the_command_line_does(monkeypatch):
   assert registry.set_values(c.optimizer) == {"learning_rate": 1e-3}
 
 
-def _subprocess(args, timeout=120, devices=4):
+def _subprocess(args, devices=4):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout, check=False)
+                        text=True, timeout=HANG_SECONDS, check=False)
 
 
 _HPO_SCRIPT = """
@@ -176,7 +177,7 @@ def test_launcher_trains_hybrid_swap_replicas_and_refuses_in_one_line(tmp_path):
   assert "Traceback" not in refused.stderr
   assert not os.path.exists(tmp_path / "refused" / "config.json")
   run = _subprocess([*common, f"--workdir={tmp_path / 'run'}",
-                     "--config.swap.optimizer.learning_rate=0.01"], timeout=300, devices=1)
+                     "--config.swap.optimizer.learning_rate=0.01"], devices=1)
   assert run.returncode == 0, run.stderr[-3000:]
   with open(tmp_path / "run" / "config.json") as f:
     saved = json.load(f)
@@ -188,4 +189,4 @@ def test_launcher_trains_hybrid_swap_replicas_and_refuses_in_one_line(tmp_path):
   phase1 = next(float(line.split(": ")[1]) for line in lines
                 if line.startswith("large-batch (phase 1) test accuracy: "))
   # One epoch of hybrid replicas improves on one epoch of phase 1 (10 classes: chance is 0.1).
-  assert float(lines[-1].split(": ")[1]) > phase1 + 0.05
+  assert float(lines[-1].split(": ")[1].split()[0]) > phase1 + 0.05

@@ -1,14 +1,16 @@
 """Issue 19: one owner per workdir, storage failures in one line with a true status.
 
 Runs go through the launcher in subprocesses (`tests.test_reliability.start`, 2 simulated
-devices); a disk fault is a real full tmpfs where this process may mount one (root), otherwise
-an OSError injected at orbax's writer; a permission fault is always injected (root ignores
-file modes).
+devices); a disk fault is a real full tmpfs where this process is root with `mount` (CI; a
+failed mount there fails the test), otherwise an OSError injected at orbax's writer; a
+permission fault is always injected (root ignores file modes).
 """
 
+import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +19,7 @@ import pytest
 
 from lbjax import metrics as metrics_lib
 from lbjax import workdir as workdir_lib
+from tests.hang import HANG_SECONDS
 from tests.test_reliability import ROOT
 from tests.test_reliability import assert_bit_identical
 from tests.test_reliability import checkpoint_steps
@@ -57,12 +60,12 @@ def _launch_injected(workdir, code, step):
   from tests.test_reliability import FAST  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, "-c", INJECT, str(code), str(step), *FAST, *SHORT,
                          f"--workdir={workdir}"], cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=600, check=False)
+                        text=True, timeout=HANG_SECONDS, check=False)
 
 
 def _finish(workdir):
   proc = start(workdir, *SHORT)
-  out = proc.communicate(timeout=600)[0]
+  out = proc.communicate(timeout=HANG_SECONDS)[0]
   assert proc.returncode == 0, out[-3000:]
   return out
 
@@ -102,30 +105,42 @@ def _assert_failed_then_resumes(workdir, reference, returncode, stderr, reason, 
           == metrics_lib.read_status(reference)["test_accuracy"])
 
 
-def _can_mount(path):
+# Which disk the disk-full test fills, fixed before it runs and named in its id
+# (``test_disk_full_during_a_checkpoint[tmpfs]`` or ``[injected]``): a real tmpfs wherever this
+# process is root and has `mount` (as in CI), where mounting it must then work; an ENOSPC
+# injected at orbax's writer elsewhere (a developer's account).
+DISK = "tmpfs" if os.geteuid() == 0 and shutil.which("mount") else "injected"
+
+
+def _mount_tmpfs(path, size):
   os.makedirs(path, exist_ok=True)
-  ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=800k", "tmpfs", path],
-                      capture_output=True, check=False).returncode == 0
-  return ok
+  mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                         capture_output=True, text=True, check=False)
+  assert mount.returncode == 0, (
+      f"root with `mount`, yet mounting a tmpfs on {path} failed (the disk-full test must use a "
+      f"real tmpfs here, not the injected error): {mount.stderr.strip()}")
+  assert os.path.ismount(path)
 
 
-def test_disk_full_during_a_checkpoint(tmp_path, reference):
-  """ENOSPC: a real 800 KB tmpfs under the checkpoints (one checkpoint is ~520 KB), else an
-  injected ENOSPC at orbax's writer."""
+@pytest.mark.parametrize("disk", [DISK])
+def test_disk_full_during_a_checkpoint(tmp_path, reference, disk):
+  """ENOSPC at the checkpoint of step 20: a real 800 KB tmpfs under the checkpoints (one
+  checkpoint is ~520 KB), or an ENOSPC injected at orbax's writer (`DISK` says which)."""
   workdir = str(tmp_path / "run")
-  disk = os.path.join(workdir, "checkpoints")
-  if _can_mount(disk):
+  print(f"disk-full test: {disk}")
+  if disk == "tmpfs":
+    checkpoints = os.path.join(workdir, "checkpoints")
+    _mount_tmpfs(checkpoints, "800k")
     try:
       proc = start(workdir, *SHORT)
-      out = proc.communicate(timeout=600)[0]
+      out = proc.communicate(timeout=HANG_SECONDS)[0]
       # Free space (a quota raised), then rerun in the same workdir.
-      subprocess.run(["mount", "-o", "remount,size=16m", disk], check=True)
+      subprocess.run(["mount", "-o", "remount,size=16m", checkpoints], check=True)
       _assert_failed_then_resumes(workdir, reference, proc.returncode, out,
                                   "No space left on device", 20)
     finally:
-      subprocess.run(["umount", disk], check=False)
+      subprocess.run(["umount", checkpoints], check=False)
   else:
-    import errno  # pylint: disable=g-import-not-at-top
     run = _launch_injected(workdir, errno.ENOSPC, 20)
     _assert_failed_then_resumes(workdir, reference, run.returncode, run.stderr,
                                 "No space left on device", 20)
@@ -134,7 +149,6 @@ def test_disk_full_during_a_checkpoint(tmp_path, reference):
 def test_permission_denied_during_an_asynchronous_checkpoint(tmp_path, reference):
   """EACCES at orbax's commit of step 20, in its background thread: it surfaces at the next
   save and is reported as the write of step 20."""
-  import errno  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
   run = _launch_injected(workdir, errno.EACCES, 20)
   _assert_failed_then_resumes(workdir, reference, run.returncode, run.stderr,
@@ -151,7 +165,7 @@ def test_second_process_on_a_workdir_is_refused_and_the_first_finishes(tmp_path)
   assert code == 1 and len(lines) == 1, err
   assert lines[0].startswith(f"lbjax: error: --workdir: in use by process {first.pid} on "), err
   assert "Traceback" not in err
-  out = first.communicate(timeout=600)[0]
+  out = first.communicate(timeout=HANG_SECONDS)[0]
   assert first.returncode == 0, out[-3000:]
   records = metrics_lib.read_metrics(workdir)
   train_steps = [r["step"] for r in records if "train_loss" in r]

@@ -20,6 +20,7 @@ import pytest
 
 from lbjax import main as lbjax_main
 from lbjax import metrics as metrics_lib
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--config=configs/quickstart.py", "--config.image_size=16", "--config.batch_size=32",
@@ -41,9 +42,9 @@ def checkpoint_steps(workdir):
   return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
 
 
-def wait_for_checkpoint(proc, workdir, min_step, timeout=300):
+def wait_for_checkpoint(proc, workdir, min_step):
   t0 = time.time()
-  while time.time() - t0 < timeout:
+  while time.time() - t0 < HANG_SECONDS:
     if proc.poll() is not None:
       raise AssertionError("run ended before it could be interrupted:\n" + proc.stdout.read())
     if any(s >= min_step for s in checkpoint_steps(workdir)):
@@ -67,38 +68,51 @@ def assert_bit_identical(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# The kill test's runs: 144 steps (3.2 epochs of 45), so the SIGTERM, sent at the first
+# checkpoint after a resume from step <= 60, leaves at least 70 steps and the final evaluation.
+KILL_RUN = ["--config.num_epochs=3.2"]
+
+
 def test_kill9_and_sigterm_at_random_steps_resume_bit_identically(tmp_path):
   reference = str(tmp_path / "reference")
-  proc = start(reference)
-  out = proc.communicate(timeout=600)[0]
+  proc = start(reference, *KILL_RUN)
+  out = proc.communicate(timeout=HANG_SECONDS)[0]
   assert proc.returncode == 0, out[-3000:]
   assert "resuming" not in out
+  total = metrics_lib.read_status(reference)["total_steps"]
+  assert total == 144
 
   rng = np.random.default_rng(0)
   workdir = str(tmp_path / "interrupted")
-  # kill -9 twice at random points, then SIGTERM, then run to the end.
-  for min_step in sorted(rng.integers(10, 50, size=2)):
-    proc = start(workdir)
+  # kill -9 twice at random points (after a checkpoint of step 10 to 39, a random fraction of a
+  # step later), then SIGTERM, then run to the end.
+  for min_step in sorted(rng.integers(10, 40, size=2)):
+    proc = start(workdir, *KILL_RUN)
     wait_for_checkpoint(proc, workdir, int(min_step))
-    time.sleep(float(rng.uniform(0, 0.5)))
+    time.sleep(float(rng.uniform(0, 0.2)))
     proc.kill()
     proc.wait()
-  proc = start(workdir)
-  wait_for_checkpoint(proc, workdir, 60)
+  resumed_from = max(checkpoint_steps(workdir))
+  assert resumed_from <= 60, resumed_from
+  proc = start(workdir, *KILL_RUN)
+  # The first checkpoint this process writes: it runs the loop, with its signal handler.
+  wait_for_checkpoint(proc, workdir, resumed_from + 1)
   proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=120)[0]
+  out = proc.communicate(timeout=HANG_SECONDS)[0]
   assert proc.returncode == 0, out[-3000:]
   status = metrics_lib.read_status(workdir)
-  if status["status"] == "preempted":  # (unless the run had already finished)
-    assert "preempted at step" in out
-    assert status["step"] in checkpoint_steps(workdir)
-  proc = start(workdir)
-  out = proc.communicate(timeout=600)[0]
+  assert status["status"] == "preempted", (status, out[-3000:])
+  assert f"preempted at step {status['step']}" in out, out[-3000:]
+  assert resumed_from < status["step"] < total
+  assert status["step"] == max(checkpoint_steps(workdir))  # saved where it stopped
+  proc = start(workdir, *KILL_RUN)
+  out = proc.communicate(timeout=HANG_SECONDS)[0]
   assert proc.returncode == 0, out[-3000:]
+  assert f"resuming from step {status['step']}" in out, out[-3000:]
   assert metrics_lib.read_status(workdir)["status"] == "completed"
   step_a, a = final_params(reference)
   step_b, b = final_params(workdir)
-  assert step_a == step_b
+  assert step_a == step_b == total
   assert_bit_identical(a, b)
   ref_status = metrics_lib.read_status(reference)
   assert metrics_lib.read_status(workdir)["test_accuracy"] == ref_status["test_accuracy"]

@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lbjax import step as step_lib
 from lbjax.analysis import runs
 from lbjax.analysis import sharpness
 from tests import experiment_runs
+from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +45,7 @@ def _mlp_problem():
 
 def _dense_hessian(loss_fn, params) -> np.ndarray:
   flat, unravel = ravel_pytree(params)
-  h = np.asarray(jax.hessian(lambda v: loss_fn(unravel(v)))(flat), np.float64)
+  h = np.asarray(jax.jit(jax.hessian(lambda v: loss_fn(unravel(v))))(flat), np.float64)
   return (h + h.T) / 2
 
 
@@ -115,7 +117,7 @@ def test_epsilon_sharpness_of_a_separable_quadratic_is_its_closed_form(at_minimu
 
 
 def test_data_parallel_objective_equals_the_one_device_objective():
-  """The pmapped loss, gradient and HVPs over 4 devices and 3 batches equal those of the mean
+  """The data-parallel loss, gradient and HVPs over 4 devices and 3 batches equal those of the mean
   loss over all examples on one device."""
   rng = np.random.default_rng(2)
   w_true = rng.standard_normal(6)
@@ -136,36 +138,80 @@ def test_data_parallel_objective_equals_the_one_device_objective():
   np.testing.assert_allclose(parallel.hvp(vs[0]), single.hvp(vs)[0], rtol=1e-4, atol=1e-6)
 
 
-CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3"]
+CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3", "--density",
+             "--num_probes=2", "--num_steps=8", "--layers", "--layer_steps=8"]
+
+
+def _command(workdir, devices):
+  """Runs ``python -m lbjax.analysis.sharpness --workdir=workdir`` in a process that sees
+  ``devices`` simulated CPU devices; returns its stdout and its ``sharpness.json``."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
+                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=HANG_SECONDS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"BatchNorm in evaluation mode, {devices} device(s)" in proc.stdout, proc.stdout
+  assert "Hessian eigenvalue λ2" in proc.stdout, proc.stdout
+  assert f"wrote {workdir}/sharpness.json" in proc.stdout, proc.stdout
+  with open(os.path.join(workdir, sharpness.SHARPNESS_FILE)) as f:
+    return proc.stdout, json.load(f)
 
 
 def test_command_gives_the_same_numbers_on_one_and_on_four_devices(tmp_path):
+  """The command itself, in a process with 1 and in one with 4 devices: the same numbers up to
+  float reduction order."""
   source = experiment_runs.workdir("seed=0")  # LeNet-5 on 8x8 digits, 12 steps, batch 64
   one, four = str(tmp_path / "one"), str(tmp_path / "four")
   shutil.copytree(source, one)
   shutil.copytree(source, four)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  env.pop("NPROC", None)
-  proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={one}",
-                         *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "BatchNorm in evaluation mode, 1 device(s)" in proc.stdout
-  assert "Hessian eigenvalue λ2" in proc.stdout and f"wrote {one}/sharpness.json" in proc.stdout
-  with open(os.path.join(one, sharpness.SHARPNESS_FILE)) as f:
-    r1 = json.load(f)
-
-  assert len(jax.local_devices()) == 4  # conftest: this process has 4 simulated devices
-  r4 = sharpness.measure(four, k=2, batches=2, trace_samples=20, max_iterations=3)
+  stdout, r1 = _command(one, 1)
+  assert f"{one}: trained weights (step 12); training loss" in stdout
+  assert f"wrote {one}/density.png" in stdout
+  with open(os.path.join(one, "density.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # The per-module table: one line per module of LeNet-5, its λ_max and trace.
+  lines = stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith("module "))
+  assert lines[header].split() == ["module", "params", "λ_max", "trace", "±", "stderr"]
+  table = {line.split()[0]: line.split() for line in lines[header + 1:header + 6]}
+  assert sorted(table) == sorted(r1["layers"]) == ["conv1", "conv2", "fc1", "fc2", "logits"]
+  for name, row in table.items():
+    assert int(row[1]) == r1["layers"][name]["size"]
+    assert float(row[2]) == pytest.approx(r1["layers"][name]["lambda_max"], rel=1e-4)
+  _, r4 = _command(four, 4)
   assert (r1["devices"], r4["devices"]) == (1, 4)
-  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon"):
-    assert r1[key] == r4[key]
-  assert r1["batch_size"] == 64 and r1["step"] == 12
+  assert (r1["workdir"], r4["workdir"]) == (one, four)
+  for key in ("step", "batches", "batch_size", "trace_samples", "epsilon", "seed",
+              "epsilon_iterations", "batchnorm", "model"):
+    assert r1[key] == r4[key], key
+  assert r1["batch_size"] == 64 and r1["step"] == 12 and r1["batches"] == 2
+  assert len(r1["top_eigenvalues"]) == len(r4["top_eigenvalues"]) == 2
   np.testing.assert_allclose(r4["top_eigenvalues"], r1["top_eigenvalues"], rtol=1e-4)
   assert r1["top_eigenvalues"][0] >= r1["top_eigenvalues"][1] > 0
-  for key in ("train_loss", "hessian_trace", "epsilon_sharpness"):
+  for key in ("train_loss", "hessian_trace", "hessian_trace_stderr", "epsilon_sharpness",
+              "epsilon_max_loss"):
     assert r4[key] == pytest.approx(r1[key], rel=1e-4), key
-  assert r1["epsilon_sharpness"] > 0
+  assert r1["epsilon_sharpness"] > 0 and r1["hessian_trace_stderr"] > 0
+  # The density and the modules' blocks on 4 devices are those on 1.
+  d1, d4 = r1["density"], r4["density"]
+  np.testing.assert_allclose(np.asarray(d4["ritz_values"]), np.asarray(d1["ritz_values"]),
+                             rtol=1e-3, atol=1e-4 * r1["top_eigenvalues"][0])
+  grid, density = np.asarray(d1["grid"]), np.asarray(d1["density"])
+  assert grid.shape == density.shape == (1024,)
+  assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-9)
+  np.testing.assert_allclose(d4["density"], density, atol=1e-3 * density.max())
+  # The grid spans the extreme Ritz values, the largest of which is below λ1 (ARPACK).
+  ritz = np.asarray(d1["ritz_values"])
+  assert grid[0] < ritz.min() and grid[-1] > ritz.max()
+  assert ritz.max() <= r1["top_eigenvalues"][0] * (1 + 1e-4)
+  for name, layer in r1["layers"].items():
+    for key in ("lambda_max", "trace"):
+      assert r4["layers"][name][key] == pytest.approx(layer[key], rel=1e-3), (name, key)
+  # The modules' trace samples are the whole trace's, split: their sum is the trace.
+  assert sum(x["trace"] for x in r1["layers"].values()) == pytest.approx(r1["hessian_trace"],
+                                                                          rel=1e-9)
 
   # The loss is the restored model's mean cross-entropy over the first two training batches.
   solution = runs.restore(four)
@@ -184,7 +230,7 @@ def test_the_commands_loss_uses_batchnorm_in_evaluation_mode():
 
   config = quickstart.get_config()
   config.model.name, config.image_size, config.batch_size = "resnet_tiny", 8, 8
-  exp = sharpness.step_lib.build(config)
+  exp = step_lib.build(config)
   state = jax.device_get(exp.init_state())
   rng = np.random.default_rng(0)
   stats = jax.tree_util.tree_map_with_path(
@@ -201,3 +247,149 @@ def test_the_commands_loss_uses_batchnorm_in_evaluation_mode():
   assert loss == pytest.approx(np.mean(singles), rel=1e-5)
   other = solution._replace(batch_stats=jax.tree.map(lambda x: x * 2.0, stats))
   assert abs(float(jax.jit(sharpness.train_loss(other))(state.params, batch)) - loss) > 1e-3
+
+
+def _small_mlp():
+  """A 4-6-3 tanh MLP (51 parameters, modules Dense_0 and Dense_1) trained 200 steps on 32
+  random points: a Hessian with positive and negative eigenvalues."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((32, 4)).astype(np.float32)
+  targets = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)]
+  params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_normal((4, 6)) / 2, jnp.float32),
+                        "bias": jnp.zeros(6)},
+            "Dense_1": {"kernel": jnp.asarray(rng.standard_normal((6, 3)) / 2, jnp.float32),
+                        "bias": jnp.zeros(3)}}
+
+  def loss_fn(p):
+    h = jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    logits = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), -1))
+
+  step = jax.jit(lambda p: jax.tree.map(lambda a, g: a - 0.3 * g, p, jax.grad(loss_fn)(p)))
+  for _ in range(200):
+    params = step(params)
+  return loss_fn, params
+
+
+def _probes(seed, num_probes, n):
+  """The probes `spectral_quadrature_of` draws: Rademacher / √n from default_rng(seed)."""
+  return (np.random.default_rng(seed).integers(0, 2, size=(num_probes, n)) * 2.0 - 1.0) / np.sqrt(n)
+
+
+def test_density_with_full_krylov_spaces_is_the_dense_spectrum_smoothed():
+  """With as many Lanczos steps as parameters each probe's quadrature is its exact spectral
+  measure Σ_i (v·u_i)² δ(λ_i): the density is that of the dense eigendecomposition."""
+  loss_fn, params = _small_mlp()
+  hessian = _dense_hessian(loss_fn, params)
+  n = hessian.shape[0]
+  assert n == 51
+  eigenvalues, vectors = np.linalg.eigh(hessian)
+  assert eigenvalues[0] < -1e-4 and eigenvalues[-1] > 0.1  # not at a minimum: both signs
+  grid, density = sharpness.spectral_density(loss_fn, params, num_probes=6, num_steps=64, seed=3)
+  assert grid.dtype == density.dtype == np.float64 and grid.shape == density.shape == (1024,)
+  assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-12)
+  sigma = 0.01 * (eigenvalues[-1] - eigenvalues[0])  # the documented default
+  assert grid[0] == pytest.approx(eigenvalues[0] - 5 * sigma, rel=1e-4, abs=1e-5)
+  assert grid[-1] == pytest.approx(eigenvalues[-1] + 5 * sigma, rel=1e-4)
+  weights = ((_probes(3, 6, n) @ vectors) ** 2).mean(0)  # [n]: mean over probes of (v·u_i)²
+  gauss = np.exp(-0.5 * ((grid[:, None] - eigenvalues[None]) / sigma) ** 2)
+  expected = gauss @ weights / (sigma * np.sqrt(2 * np.pi))
+  expected /= np.trapezoid(expected, grid)
+  np.testing.assert_allclose(density, expected, atol=2e-3 * expected.max())
+  # A narrower width is honoured, and one below the grid spacing is refused.
+  narrow_grid, narrow = sharpness.spectral_density(loss_fn, params, num_probes=6, seed=3,
+                                                   sigma=sigma / 4, num_points=4096)
+  assert narrow.max() > 2 * density.max()
+  assert np.trapezoid(narrow, narrow_grid) == pytest.approx(1.0, abs=1e-12)
+  with pytest.raises(ValueError, match="below the grid spacing"):
+    sharpness.spectral_density(loss_fn, params, num_probes=2, sigma=sigma / 100, num_points=64)
+  with pytest.raises(ValueError, match="sigma must be > 0"):
+    sharpness.spectral_density(loss_fn, params, num_probes=2, sigma=0.0)
+
+
+def test_density_moments_and_support_against_the_dense_hessian():
+  """20 Lanczos steps on 1306 parameters: the density integrates to 1, its mean and second
+  moment are the probes' quadratic forms (Gauss quadrature is exact to degree 2m − 1), within
+  SLQ's standard error of tr H / n and tr H² / n, and its grid spans the spectrum."""
+  loss_fn, params = _mlp_problem()
+  hessian = _dense_hessian(loss_fn, params)
+  n = hessian.shape[0]
+  eigenvalues = np.linalg.eigvalsh(hessian)
+  obj = sharpness.objective(loss_fn, params)
+  quad = sharpness.spectral_quadrature_of(obj, num_probes=10, num_steps=20, seed=0)
+  grid, density, sigma = sharpness.density_of(quad)
+  assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-12)
+  mean = np.trapezoid(grid * density, grid)
+  second = np.trapezoid(grid**2 * density, grid)
+
+  v = _probes(0, 10, n)
+  forms = np.einsum("pi,ij,pj->p", v, hessian, v)            # v^T H v per probe
+  squares = np.sum((v @ hessian) ** 2, axis=1)                # v^T H² v per probe
+  assert mean == pytest.approx(forms.mean(), rel=1e-4)
+  assert second == pytest.approx(squares.mean() + sigma**2, rel=1e-4)
+  # Against the spectrum: the probes' standard errors, from the dense matrices.
+  off = lambda m: np.sum(m**2) - np.sum(np.diag(m) ** 2)
+  h2 = hessian @ hessian
+  se_mean = np.sqrt(2 * off(hessian)) / n / np.sqrt(10)
+  se_second = np.sqrt(2 * off(h2)) / n / np.sqrt(10)
+  assert abs(mean - eigenvalues.mean()) < 4 * se_mean
+  assert abs(second - sigma**2 - np.mean(eigenvalues**2)) < 4 * se_second
+  assert se_mean < 0.2 * abs(eigenvalues.mean())  # so the check above is a real one
+  # Support: Ritz values lie in [λ_min, λ_max]; the extreme ones converge to its ends.
+  nodes = np.concatenate(quad.nodes)
+  tol = 1e-5 * np.abs(eigenvalues).max()
+  assert eigenvalues[0] - tol <= nodes.min() and nodes.max() <= eigenvalues[-1] + tol
+  assert nodes.max() == pytest.approx(eigenvalues[-1], rel=1e-3)
+  assert grid[0] <= eigenvalues[0] and grid[-1] >= eigenvalues[-1]
+  assert grid[0] == pytest.approx(nodes.min() - 5 * sigma) and grid[-1] == pytest.approx(
+      nodes.max() + 5 * sigma)
+  for w in quad.weights:
+    assert w.sum() == pytest.approx(1.0, abs=1e-9) and np.all(w >= 0)
+
+
+def test_modules_are_parameter_paths_without_the_leaf():
+  params = {"stage1": {"block0": {"Conv_0": {"kernel": np.zeros((3, 3, 2, 4)), "bias": np.zeros(4)},
+                                  "BatchNorm_0": {"scale": np.zeros(4), "bias": np.zeros(4)}}},
+            "Dense_0": {"kernel": np.zeros((4, 2))}, "temperature": np.zeros(())}
+  blocks = sharpness.modules(params)
+  assert sorted(blocks) == ["Dense_0", "stage1/block0/BatchNorm_0", "stage1/block0/Conv_0",
+                            "temperature"]
+  flat, unravel = ravel_pytree(params)
+  marker = np.zeros(flat.size)
+  marker[blocks["stage1/block0/Conv_0"]] = 1.0
+  tree = unravel(jnp.asarray(marker))
+  assert float(jnp.sum(tree["stage1"]["block0"]["Conv_0"]["kernel"])) == 72.0
+  assert float(jnp.sum(tree["stage1"]["block0"]["Conv_0"]["bias"])) == 4.0
+  assert float(jnp.sum(tree["stage1"]["block0"]["BatchNorm_0"]["scale"])) == 0.0
+  assert sum(len(b) for b in blocks.values()) == flat.size
+
+
+@pytest.mark.parametrize("problem", ["small", "large"])
+def test_layer_sharpness_matches_the_dense_diagonal_blocks(problem):
+  loss_fn, params = _small_mlp() if problem == "small" else _mlp_problem()
+  hessian = _dense_hessian(loss_fn, params)
+  blocks = sharpness.modules(params)
+  assert list(blocks) == (["Dense_0", "Dense_1"] if problem == "small" else ["hidden", "out"])
+  samples = 400
+  got = sharpness.layer_sharpness(loss_fn, params, num_samples=samples, seed=2)
+  assert list(got) == list(blocks)
+  obj = sharpness.objective(loss_fn, params)
+  n = obj.x0.size
+  z = np.random.default_rng(2).integers(0, 2, size=(samples, n)) * 2.0 - 1.0
+  hz = z @ hessian
+  for name, idx in blocks.items():
+    block = hessian[np.ix_(idx, idx)]
+    assert set(got[name]) == {"lambda_max", "trace"}
+    # λ_max: exact Lanczos for the 51-parameter MLP's modules, 48 steps for 816 and 490.
+    assert got[name]["lambda_max"] == pytest.approx(np.linalg.eigvalsh(block)[-1], rel=1e-4)
+    # trace: the same probes' restricted sums exactly, and within 4 standard errors of tr H_mm.
+    assert got[name]["trace"] == pytest.approx(np.mean(np.sum(z[:, idx] * hz[:, idx], 1)),
+                                               rel=1e-4, abs=1e-6)
+    inside = np.zeros(n)
+    inside[idx] = 1.0
+    coupling = np.triu(hessian**2 * (inside[:, None] + inside[None, :]) ** 2, 1).sum()
+    stderr = np.sqrt(coupling / samples)
+    assert abs(got[name]["trace"] - np.trace(block)) < 4 * stderr + 1e-6
+  # One product per probe serves every module: their traces sum to Hutchinson's estimate.
+  total = sharpness.hessian_trace(loss_fn, params, num_samples=samples, seed=2)
+  assert sum(d["trace"] for d in got.values()) == pytest.approx(total, rel=1e-9)

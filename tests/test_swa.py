@@ -1,6 +1,5 @@
 """SWA (seed 000 eq. (1)) and the BatchNorm recompute, against NumPy."""
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,8 @@ import optax
 import pytest
 
 from lbjax import evaluation
+from lbjax import mesh as mesh_lib
+from lbjax import step as step_lib
 from lbjax import swa
 from lbjax import train
 from lbjax.errors import ConfigError
@@ -111,18 +112,18 @@ def _swa_config(**overrides):
 
 def test_swa_in_the_train_step_averages_the_trained_weights():
   config = _swa_config()
-  exp = train.build(config)
+  exp = step_lib.build(config)
   start = swa.start_step(config, exp.steps_per_epoch)
   assert start == round(0.3 * exp.steps_per_epoch) == 3
-  p_step = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=jax.devices()[:1])
-  state = flax.jax_utils.replicate(exp.init_state(), jax.devices()[:1])
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
+  program = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(exp.init_state(), mesh)
   taken = []
   for step in range(start + 7):
-    state, _ = p_step(state, exp.train_batch(step, local_device_count=1))
+    state, _ = program(state, exp.put_train_batch(step, mesh))
     if step + 1 >= start and (step + 1 - start) % 3 == 0:
-      taken.append(jax.device_get(jax.tree.map(lambda x: x[0], state.params)))
-  average, count = jax.device_get(jax.tree.map(lambda x: x[0], swa.averaged_params(
-      state.opt_state)))
+      taken.append(mesh_lib.to_host(state.params))
+  average, count = mesh_lib.to_host(swa.averaged_params(state.opt_state))
   assert int(count) == len(taken) == 3
   expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs).astype(np.float64), 0), *taken)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), average,
@@ -131,15 +132,15 @@ def test_swa_in_the_train_step_averages_the_trained_weights():
 
 def test_recompute_on_train_data_is_device_count_invariant():
   config = _swa_config()
-  exp = train.build(config)
+  exp = step_lib.build(config)
   init = exp.init_state()
   results = []
   for n in (1, 4):
-    devices = jax.devices()[:n]
+    mesh = mesh_lib.data_mesh(jax.devices()[:n])
     stats = evaluation.recompute_on_train_data(
-        exp, flax.jax_utils.replicate(init.params, devices),
-        flax.jax_utils.replicate(init.batch_stats, devices), batch_size=96, devices=devices)
-    results.append(jax.device_get(jax.tree.map(lambda x: x[0], stats)))
+        exp, mesh_lib.put_replicated(init.params, mesh),
+        mesh_lib.put_replicated(init.batch_stats, mesh), batch_size=96, mesh=mesh)
+    results.append(mesh_lib.to_host(stats))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
   # Recomputed, not copied: the initial statistics are mean 0 / var 1, the data's are not.
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), results[0], jax.device_get(
@@ -151,7 +152,7 @@ def test_train_and_evaluate_reports_the_swa_model(tmp_path):
   config = _swa_config()
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["status"] == "completed"
-  exp = train.build(config)
+  exp = step_lib.build(config)
   total, start = exp.total_steps, swa.start_step(config, exp.steps_per_epoch)
   assert summary["swa_models"] == len(range(start, total + 1, 3))
   assert 0.0 <= summary["swa_test_accuracy"] <= 1.0

@@ -1,9 +1,8 @@
-"""The pmap train loop: device-count invariance, resume, divergence, evaluation."""
+"""The data-parallel train loop: device-count invariance, resume, divergence, evaluation."""
 
 import os
 import shutil
 
-import flax
 import jax
 import numpy as np
 import pytest
@@ -11,7 +10,10 @@ import pytest
 from configs import quickstart
 from configs import sweeps
 from lbjax import checkpoint as checkpoint_lib
+from lbjax import evaluation
+from lbjax import mesh as mesh_lib
 from lbjax import metrics as metrics_lib
+from lbjax import step as step_lib
 from lbjax import train
 
 
@@ -28,14 +30,15 @@ def small_config(**overrides):
 
 
 def run_steps(config, num_devices, steps):
-  """Runs ``steps`` pmapped train steps on the first ``num_devices`` devices."""
-  exp = train.build(config)
-  devices = jax.devices()[:num_devices]
-  step_fn = jax.pmap(exp.train_step, axis_name=train.AXIS, devices=devices)
-  state = flax.jax_utils.replicate(exp.init_state(), devices)
+  """Runs ``steps`` train steps (the train program) on a mesh of the first ``num_devices``
+  devices; returns the final state on the host."""
+  exp = step_lib.build(config)
+  mesh = mesh_lib.data_mesh(jax.devices()[:num_devices])
+  program = exp.train_program(mesh)
+  state = mesh_lib.put_replicated(exp.init_state(), mesh)
   for step in range(steps):
-    state, _ = step_fn(state, exp.train_batch(step, local_device_count=num_devices))
-  return jax.device_get(jax.tree.map(lambda x: x[0], state))
+    state, _ = program(state, exp.put_train_batch(step, mesh))
+  return mesh_lib.to_host(state)
 
 
 @pytest.mark.parametrize("model,augment", [("lenet5", "crop+normalize"),
@@ -51,7 +54,7 @@ def test_one_and_four_devices_give_the_same_result(model, augment):
   for a, b in zip(jax.tree.leaves(one.batch_stats), jax.tree.leaves(four.batch_stats)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   # The step really changed the parameters.
-  init = jax.device_get(train.build(config).init_state())
+  init = jax.device_get(step_lib.build(config).init_state())
   moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(init.params),
                                               jax.tree.leaves(one.params))]
   assert max(moved) > 1e-4
@@ -60,7 +63,7 @@ def test_one_and_four_devices_give_the_same_result(model, augment):
 def _final_params(workdir):
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step()
-  tree = ckpt.restore(step, train.build(small_config()).init_state())
+  tree = ckpt.restore(step, step_lib.build(small_config()).init_state())
   ckpt.close()
   return step, tree
 
@@ -105,10 +108,11 @@ def test_divergence_ends_the_run_with_status_diverged(tmp_path):
 
 def test_evaluation_counts_every_test_example_once(tmp_path):
   config = small_config(num_epochs=1.0)
-  exp = train.build(config)
-  p_eval = jax.pmap(exp.eval_step, axis_name=train.AXIS)
-  state = flax.jax_utils.replicate(exp.init_state())
-  result = train.evaluate(p_eval, state.params, state.batch_stats, exp.data.test, batch_size=48)
+  exp = step_lib.build(config)
+  mesh = mesh_lib.data_mesh()
+  state = mesh_lib.put_replicated(exp.init_state(), mesh)
+  result = evaluation.evaluate(exp.eval_program(mesh), state.params, state.batch_stats,
+                               exp.data.test, batch_size=48, mesh=mesh)
   # Independent reference: the same model applied to the whole test split at once.
   from lbjax.data import augment  # pylint: disable=g-import-not-at-top
   init = exp.init_state()

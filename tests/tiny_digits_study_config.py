@@ -18,8 +18,7 @@ LABELS = {name: study.LABELS[name] for name in RUNS}
 def get_config(arg=None):
   c = tiny_sweep_config.get_config()
   c.num_epochs = 0.25
-  if "log_noise_scale" in c:
-    c.log_noise_scale = True
+  c.log_noise_scale = True  # the table's B_simple column
   return sweeps.apply_overrides(c, RUNS[arg or "1_sb_sgd"])
 
 

@@ -31,12 +31,13 @@ evaluated on the training and test sets (no augmentation, as in evaluation).
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax
 import jax
 import numpy as np
 
 from lbjax import evaluation
-from lbjax import train
+from lbjax import mesh as mesh_lib
+from lbjax import step as step_lib
+from lbjax.analysis import runs
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -90,16 +91,17 @@ class Evaluator:
   """Loss and accuracy of weights on the training and test sets, BatchNorm recomputed.
 
   Args:
-    exp: the `lbjax.train.Experiment` of the model (its data, eval step and batch size).
+    exp: the `lbjax.step.Experiment` of the model (its data, eval step and batch size).
     recompute_batch_stats: recompute BatchNorm statistics for each weight vector (default);
       False evaluates with the statistics given to `__call__`.
     max_train_examples: evaluate the training loss on the first this many training examples
       (None: all). The BatchNorm pass always reads the whole training set.
 
-  Runs on this process's devices (``jax.local_devices()``), as `lbjax.train.evaluate` does.
+  Runs on this process's devices (``jax.local_devices()``) through `lbjax.evaluation`
+  (`lbjax.evaluation.evaluate`, `lbjax.analysis.runs.recompute_batch_stats`).
   """
 
-  def __init__(self, exp: train.Experiment, *, recompute_batch_stats: bool = True,
+  def __init__(self, exp: step_lib.Experiment, *, recompute_batch_stats: bool = True,
                max_train_examples: int | None = None):
     self.exp = exp
     self.recompute = recompute_batch_stats
@@ -108,28 +110,27 @@ class Evaluator:
     if max_train_examples is not None:
       train_split = {k: v[:max_train_examples] for k, v in train_split.items()}
     self.splits = {"train": train_split, "test": exp.data.test}
-    self._p_eval = jax.pmap(exp.eval_step, axis_name=train.AXIS, devices=self.devices)
+    self.mesh = mesh_lib.data_mesh(self.devices)
+    self._eval_program = exp.eval_program(self.mesh)
     # The eval batch must split over the devices; round it down to a multiple of their count.
     n = len(self.devices)
     self.batch_size = max(n, exp.config.eval_batch_size // n * n)
 
   def batch_stats(self, params, batch_stats):
     """The statistics used for ``params``: recomputed (host arrays), or ``batch_stats``."""
-    if not self.recompute or not jax.tree.leaves(batch_stats):
+    if not self.recompute:
       return batch_stats
-    stats = evaluation.recompute_on_train_data(
-        self.exp, flax.jax_utils.replicate(params, self.devices),
-        flax.jax_utils.replicate(batch_stats, self.devices), devices=self.devices)
-    return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(stats))
+    return runs.recompute_batch_stats(self.exp, params, batch_stats, self.devices)
 
   def __call__(self, params, batch_stats) -> dict[str, float]:
     """``{train,test}_{loss,accuracy}`` of ``params`` (host arrays)."""
     stats = self.batch_stats(params, batch_stats)
-    params_r = flax.jax_utils.replicate(params, self.devices)
-    stats_r = flax.jax_utils.replicate(stats, self.devices)
+    params_r = mesh_lib.put_replicated(params, self.mesh)
+    stats_r = mesh_lib.put_replicated(stats, self.mesh)
     results = {}
     for name, split in self.splits.items():
-      r = evaluation.evaluate(self._p_eval, params_r, stats_r, split, batch_size=self.batch_size)
+      r = evaluation.evaluate(self._eval_program, params_r, stats_r, split,
+                              batch_size=self.batch_size, mesh=self.mesh)
       results.update({f"{name}_loss": r["loss"], f"{name}_accuracy": r["accuracy"]})
     return results
 

@@ -95,6 +95,10 @@ def _load_cifar10(data_dir: str | None) -> tuple[Split, Split, int]:
   if not data_dir:
     raise _missing_cifar10(data_dir)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if not (tfds.core.Path(data_dir) / "cifar10").exists():
+    # Said before TFDS looks: for a directory without cifar10 it logs a warning line of its own
+    # ("Variant folder ... has no dataset_info.json") before failing; this error is the one line.
+    raise _missing_cifar10(data_dir)
   try:
     train, test = tfds.as_numpy(tfds.load(
         "cifar10", split=["train", "test"], data_dir=data_dir, batch_size=-1,

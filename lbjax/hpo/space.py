@@ -5,6 +5,17 @@
 label, column}``: ``key`` is the dotted config key it sets, ``label`` its Table 1 column and
 ``column`` its position in the report. ``config.hpo`` holds the search settings; ``HPO_DEFAULTS``
 lists them. Everything here checks or transforms configs; the Optuna side is `lbjax.hpo.worker`.
+
+Which keys a space tunes: exactly the dotted keys its entries name, and any key of the config can
+be named (``search_space`` and ``hpo`` excepted); every other value is the config's (the file's,
+with the command line's overrides) in every trial. With SWAP (``config.swap.enabled``) the keys
+are those of the phase they configure: ``optimizer.*``, ``schedule.*``, ``batch_size``,
+``num_epochs``, ``noise.*``, ``smoothout.*`` are phase 1's; phase 2's replicas run
+``swap.optimizer.*``, ``swap.schedule.*``, ``swap.batch_size``, ``swap.num_epochs``,
+``swap.noise.*``, ``swap.smoothout.*`` (`lbjax.swap.phase2_config`); ``swa.*`` applies to phase 2
+only. So a space over a SWAP config tunes phase 2 only through ``swap.*`` entries, e.g.
+``{key: "swap.optimizer.learning_rate", type: "float", low: 1e-3, high: 0.1, log: True}``;
+without one the worker prints `untuned_phase2_note`.
 """
 
 import copy
@@ -120,6 +131,20 @@ def validate_search_space(config: ml_collections.ConfigDict) -> None:
     step = entry.get("step", 1)
     if entry.type == "int" and not (isinstance(step, int) and step > 0):
       raise ConfigError(f"{where}.step", f"must be a positive integer, got {step!r}")
+
+
+def untuned_phase2_note(config: ml_collections.ConfigDict) -> str | None:
+  """For a SWAP config whose space names no ``swap.*`` key: the line saying that phase 2 runs the
+  config's own ``swap.optimizer`` in every trial (None otherwise)."""
+  block = config.get("swap")
+  if block is None or not block.enabled:
+    return None
+  if any(entry.key.startswith("swap.") for entry in config.search_space.values()):
+    return None
+  opt = block.optimizer
+  rate = "" if opt.get("learning_rate") is None else f", learning_rate {opt.learning_rate:g}"
+  return (f"the search space tunes no config.swap.* key: SWAP's phase 2 runs config.swap.optimizer "
+          f"({opt.name}{rate}) and config.swap.schedule as the config sets them in every trial")
 
 
 def columns(config: ml_collections.ConfigDict) -> list[list[str]]:

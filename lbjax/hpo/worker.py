@@ -9,10 +9,15 @@ How a worker runs (`run_worker`):
   trial, so the pruner (``config.hpo.pruner``) can stop it. The objective is the validation
   accuracy of the model the run reports as its result (``result_validation_accuracy``: the trained
   weights, the SWA average with ``config.swa.enabled``, the SWAP average).
+* A trial tunes exactly the keys its search space names (`lbjax.hpo.space`); with SWAP, phase 2
+  runs ``config.swap.*`` (its optimizer, schedule, batch, length), so a space that names no
+  ``swap.*`` key leaves phase 2 at the config's values in every trial (the worker says so).
 * Outcomes: completed → ``COMPLETE`` with the objective; stopped by the pruner → ``PRUNED``; a
   non-finite loss → ``PRUNED`` with user attribute ``status = "diverged"`` and ``diverged_step``
   (TPE keeps it as a bad point; it is not a crash); SIGTERM/SIGINT → the run checkpoints, the
   trial is marked ``FAIL`` (``status = "preempted"``) and re-queued, and the worker exits 0.
+  With ``config.hpo.keep_trial_checkpoints=False`` (the default) a trial that ends any other way
+  loses its checkpoints, every phase's (`remove_checkpoints`); its metrics stay.
   Every trial carries ``status``, ``worker`` (host:pid) and ``workdir`` user attributes.
 * A trial whose workdir another live process holds (`lbjax.workdir.WorkdirLock`) is skipped:
   marked ``FAIL`` with ``status = "workdir in use"``, a line printed, and the worker goes on (a
@@ -126,6 +131,19 @@ class _InUse(Exception):
     super().__init__(f"trial {number} skipped: its workdir is {message}")
 
 
+def remove_checkpoints(workdir: str) -> None:
+  """Removes every checkpoint directory of the finished trial in ``workdir``: a normal run's
+  ``checkpoints/``, SWAP's ``phase1/checkpoints``, ``phase2/checkpoints`` and
+  ``phase3/checkpoints`` (and a phase directory that held nothing else); configs, statuses and
+  metrics stay."""
+  for root, dirs, _ in os.walk(workdir):
+    if "checkpoints" in dirs:
+      dirs.remove("checkpoints")
+      shutil.rmtree(os.path.join(root, "checkpoints"), ignore_errors=True)
+      if root != workdir and not os.listdir(root):
+        os.rmdir(root)
+
+
 def make_objective(config: ml_collections.ConfigDict, study_dir: str,
                    hpo: dict[str, Any], on_start: Callable[[], None]) -> Callable:
   """The Optuna objective: train one suggested config, return the validation accuracy of the
@@ -160,7 +178,7 @@ def make_objective(config: ml_collections.ConfigDict, study_dir: str,
     if status == "preempted":
       raise _Preempted(trial.number, summary["step"])
     if not hpo["keep_trial_checkpoints"]:
-      shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+      remove_checkpoints(workdir)
     if status == "diverged":
       trial.set_user_attr("diverged_step", summary["step"])
       raise optuna.TrialPruned(f"diverged (non-finite loss) at step {summary['step']}")
@@ -224,6 +242,9 @@ def run_worker(config: ml_collections.ConfigDict, *, study_name: str, trials: in
   if not study_name:
     raise ConfigError("--study", "a study name is required")
   validate(config, device_count=jax.device_count())
+  note = space.untuned_phase2_note(config)
+  if note:
+    print(f"lbjax.hpo: note: {note}", flush=True)
   hpo = space.settings(config)
   url = storage or storage_lib.default_storage(workdir)
   lock_factory = storage_lib.budget_lock(url)

@@ -20,6 +20,9 @@ from lbjax.optim.registry import decay_mask
 from lbjax.optim.registry import from_config
 from lbjax.optim.smoothout import smoothout_key
 from lbjax.optim.smoothout import smoothout_perturb
+from lbjax.optim.trust import has_trust_ratios
+from lbjax.optim.trust import trust_ratio_metrics
+from lbjax.optim.trust import trust_ratios
 
 __all__ = [
     "OPTIMIZERS",
@@ -30,6 +33,7 @@ __all__ = [
     "build",
     "decay_mask",
     "from_config",
+    "has_trust_ratios",
     "hybrid",
     "kfac",
     "lamb",
@@ -42,4 +46,6 @@ __all__ = [
     "sgd",
     "smoothout_key",
     "smoothout_perturb",
+    "trust_ratio_metrics",
+    "trust_ratios",
 ]

@@ -10,8 +10,14 @@ from lbjax.optim import checks
 
 
 class ScaleByLarsState(NamedTuple):
-  """Steps taken so far (indexes a weight-decay schedule)."""
+  r"""Steps taken so far (indexes a weight-decay schedule) and the last local rates.
+
+  ``trust_ratio`` holds, per tensor, the :math:`\lambda_l` the last update applied (float32
+  scalars shaped like the parameters; 1 before the first update). Read it with
+  `lbjax.optim.trust_ratios`, which also resolves ``optax.masked``'s placeholders.
+  """
   count: jax.Array  # shape=(), dtype=int32
+  trust_ratio: optax.Params  # per tensor: shape=(), dtype=float32
 
 
 def scale_by_lars(weight_decay: optax.ScalarOrSchedule = 0.0,
@@ -29,6 +35,8 @@ def scale_by_lars(weight_decay: optax.ScalarOrSchedule = 0.0,
   :math:`\beta = 0`). This is the piece where the seed differs from ``optax.lars``: optax divides by
   :math:`\lVert g_l + \beta w_l \rVert` (the norm of the decayed gradient), the seed by
   :math:`\lVert g_l \rVert + \beta \lVert w_l \rVert`; the two agree when :math:`\beta = 0`.
+  The state keeps the :math:`\lambda_l` of the last update (`ScaleByLarsState`), read back by
+  `lbjax.optim.trust_ratios`.
 
   Args:
     weight_decay: :math:`\beta`, a float or a schedule of the step (e.g. switched off late).
@@ -43,25 +51,28 @@ def scale_by_lars(weight_decay: optax.ScalarOrSchedule = 0.0,
   checks.non_negative("eps", eps)
 
   def init_fn(params):
-    del params
-    return ScaleByLarsState(count=jnp.zeros([], jnp.int32))
+    return ScaleByLarsState(count=jnp.zeros([], jnp.int32),
+                            trust_ratio=jax.tree.map(lambda _: jnp.ones([], jnp.float32), params))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("lars: update() needs params (the weights w_l)")
     beta = weight_decay(state.count) if callable(weight_decay) else weight_decay
 
-    def scale(g, w):
+    def local_rate(g, w):
       # Plain norms, one pass over w and g each. optax.safe_norm takes every norm twice (to
       # have a gradient at 0, which an optimizer's update never needs): 2x the reductions.
       w_norm = jnp.sqrt(jnp.sum(jnp.square(w)))
       g_norm = jnp.sqrt(jnp.sum(jnp.square(g)))
       ratio = trust_coefficient * w_norm / (g_norm + beta * w_norm + eps)
-      ratio = jnp.where((w_norm == 0.0) | (g_norm == 0.0), 1.0, ratio)
-      return (ratio * (g + beta * w)).astype(g.dtype)
+      return jnp.where((w_norm == 0.0) | (g_norm == 0.0), 1.0, ratio)
 
-    updates = jax.tree.map(scale, updates, params)
-    return updates, ScaleByLarsState(count=optax.safe_increment(state.count))
+    ratios = jax.tree.map(local_rate, updates, params)
+    updates = jax.tree.map(lambda r, g, w: (r * (g + beta * w)).astype(g.dtype), ratios, updates,
+                           params)
+    return updates, ScaleByLarsState(count=optax.safe_increment(state.count),
+                                     trust_ratio=jax.tree.map(
+                                         lambda r: r.astype(jnp.float32), ratios))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
