@@ -273,9 +273,9 @@ def test_train_step_factors_are_the_moving_average_of_steps_0_3_6():
   final, before = run_steps(config, 4, steps, record=record)
   exp = step_lib.build(config)
   one = mesh_lib.data_mesh(jax.devices()[:1])
-  terms = mesh_lib.data_parallel(exp.train_parts.terms, one,
-                                 in_specs=(mesh_lib.P(), mesh_lib.P("batch")),
-                                 out_specs=mesh_lib.P(), check_vma=False)
+  terms = mesh_lib.data_parallel(exp.train_parts.terms, one, in_specs=(mesh_lib.P(),
+                                                                       mesh_lib.P("batch")),
+                                 out_specs=mesh_lib.P())
   stats = [mesh_lib.to_host(terms(mesh_lib.put_replicated(before[s], one),
                                   exp.put_train_batch(s, one)))["kfac_stats"] for s in record]
   rho = config.optimizer.cov_ema_decay
