@@ -12,7 +12,8 @@ Cases, each the real train step of ``lbjax.step.build(config)`` on one device as
 * ``plain sgd``: ``w ← w − η g`` (momentum 0, no weight decay), the reference;
 * ``kfac T=1 inv=1``: K-FAC as before issue 25, statistics and inverses every step;
 * ``kfac T=1 / 10 / 100``: statistics every τ steps, inverses every 100 (``inverse_update_period``
-  counts steps and is a multiple of τ).
+  counts steps and is a multiple of τ);
+* ``kfac T=10 inv=10``: ``configs/seed002_kfac.py``'s setting, inverses at every refresh.
 
 Every case runs whole periods of 100 steps per round (the least common multiple of every
 case's periods), so each K-FAC time is amortised over a whole period of statistics and inverse
@@ -99,7 +100,8 @@ def main(argv=None):
   period = math.lcm(INVERSE_UPDATE_PERIOD, *PERIODS)
   settings = {"kfac T=1 inv=1": kfac_settings(1, 1),
               **{f"kfac T={t} inv={INVERSE_UPDATE_PERIOD}": kfac_settings(t, INVERSE_UPDATE_PERIOD)
-                 for t in PERIODS}}
+                 for t in PERIODS},
+              f"kfac T={TARGET} inv={TARGET}": kfac_settings(TARGET, TARGET)}
   reference = periodic_case(REFERENCE, step_lib.build(common.optimizer_config(
       args, "sgd", learning_rate=LEARNING_RATE, momentum=0.0, weight_decay=0.0)), period)
   cases = [reference] + [

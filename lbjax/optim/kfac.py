@@ -66,10 +66,10 @@ update, so every replica preconditions identically and the result does not depen
 count.
 
 **Statistics every τ steps** (``factor_update_period = τ``, KAISA's ``factor_update_steps``): the
-statistics, K-FAC's extra cost over SGD (for a convolution, the second moment of its patches:
-about 2.3 SGD steps on LeNet-5, ``benchmarks/kfac_period.py``), are needed on the *statistics
-steps* only, the updates ``n`` (``state.count``, from 0) with ``n % τ == 0``. The train step
-captures them there
+statistics, K-FAC's extra cost in the forward/backward pass (for a convolution, the second
+moment of its patches: 0.8–1.4 SGD steps on LeNet-5 at batch 128 on the 2-core CPU,
+``benchmarks/kfac_period.py``), are needed on the *statistics steps* only, the updates ``n``
+(``state.count``, from 0) with ``n % τ == 0``. The train step captures them there
 (``lbjax.step.Experiment.statistics_at``) and runs the plain forward/backward pass on the other
 steps, whose update passes no ``kfac_stats``: factors and inverses are kept, and the gradient is
 preconditioned with the current inverses. A missing input is never a silent fallback: with
@@ -384,8 +384,9 @@ def kfac(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     mask: pytree (or callable) of booleans selecting the tensors that get weight decay (None:
       every tensor).
     factor_update_period: τ, steps between statistics (default 1: every step); see
-      :func:`scale_by_kfac` and the module doc. With ``τ > 1`` a step costs about
-      ``1 + c/τ`` SGD steps instead of ``1 + c`` (``c`` ≈ 2.3 for LeNet-5 on CPU).
+      :func:`scale_by_kfac` and the module doc. A step costs about ``1 + c/τ + d/P`` SGD
+      steps (``c``: the statistics, ``d``: the inverses, ``P = inverse_update_period``)
+      instead of ``1 + c + d``; ``benchmarks/kfac_period.py`` measures them.
 
   How the statistics are estimated (``config.optimizer.fisher``: empirical or sampled Fisher) is
   a setting of the capture that makes them, ``lbjax.optim.kfac_capture.make_capture``, not of
