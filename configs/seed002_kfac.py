@@ -40,10 +40,10 @@ SEARCH_SPACE = {
 # 94.07 ± 0.98 %, experiments/results/kfac_period.md), while the statistics, K-FAC's extra cost
 # in the forward/backward pass, are paid once in 10 steps. The inverses are recomputed at every
 # refresh (inverse_update_period counts steps and must be a multiple of T), the setting measured
-# on digits; on this CPU a step then costs ~2 SGD steps, the inverses being most of it, against
-# 7-10 with statistics and inverses every step (benchmarks/kfac_period.py, a loaded machine);
-# --config.optimizer.inverse_update_period=100 brings it to ~1.1-1.25 for long runs (CIFAR-10's
-# 39k steps; its accuracy not measured). The seed does not say how often its K-FAC refreshed the
+# on digits; a LeNet-5 step at batch 128 then costs 1.35-1.4 SGD steps on the 2-core CPU, against
+# 3.4-3.9 with statistics and inverses every step (benchmarks/kfac_period.py, BENCHMARKS.md);
+# --config.optimizer.inverse_update_period=100 brings it to 1.14-1.29, for long runs (CIFAR-10's
+# 39k steps; accuracy not measured there). The seed does not say how often its K-FAC refreshed the
 # factors; --config.optimizer.factor_update_period=1 --config.optimizer.inverse_update_period=1
 # is K-FAC with statistics and inverses every step, as before issue 25.
 FACTOR_UPDATE_PERIOD = 10

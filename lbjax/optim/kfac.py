@@ -67,7 +67,7 @@ count.
 
 **Statistics every τ steps** (``factor_update_period = τ``, KAISA's ``factor_update_steps``): the
 statistics, K-FAC's extra cost in the forward/backward pass (for a convolution, the second
-moment of its patches: 0.8–1.4 SGD steps on LeNet-5 at batch 128 on the 2-core CPU,
+moment of its patches: about 1–1.4 SGD steps on LeNet-5 at batch 128 on the 2-core CPU,
 ``benchmarks/kfac_period.py``), are needed on the *statistics steps* only, the updates ``n``
 (``state.count``, from 0) with ``n % τ == 0``. The train step captures them there
 (``lbjax.step.Experiment.statistics_at``) and runs the plain forward/backward pass on the other
