@@ -239,15 +239,18 @@ def test_sampled_fisher_averages_to_the_true_fisher():
 
 
 def test_without_statistics_it_is_momentum_sgd():
-  """No ``kfac_stats``: identity preconditioner, then seed 002 eqs. (1)-(2) with weight decay."""
+  """Statistics of no layer (``kfac_stats={}``): identity preconditioner, then seed 002 eqs.
+  (1)-(2) with weight decay. No ``kfac_stats`` at all is refused (statistics every step)."""
   params = {"fc": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))},
             "bn": {"scale": jnp.ones((2,))}}
   grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
   tx = kfac(0.1, momentum=0.9, weight_decay=0.01, mask=lambda t: jax.tree.map(
       lambda p: p.ndim > 1, t))
   state = tx.init(params)
-  u1, state = tx.update(grads, state, params)
-  u2, state = tx.update(grads, state, params)
+  with pytest.raises(ValueError, match="needs kfac_stats on every update"):
+    tx.update(grads, state, params)
+  u1, state = tx.update(grads, state, params, kfac_stats={})
+  u2, state = tx.update(grads, state, params, kfac_stats={})
   m1 = -0.1 * (0.5 + 0.01)  # kernel: decayed
   np.testing.assert_allclose(u1["fc"]["kernel"], m1, rtol=1e-6)
   np.testing.assert_allclose(u2["fc"]["kernel"], 0.9 * m1 + m1, rtol=1e-6)
