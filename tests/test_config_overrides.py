@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections import config_dict
 import pytest
 
+from configs import batch_scaling
 from configs import default
 from configs import digits_study
 from configs import quickstart
@@ -57,6 +58,7 @@ ARGUMENTS = {
         for wd in seed003_table3.WEIGHT_DECAYS)],
     "configs/seed003_augment_digits.py": [None],
     "configs/swap_digits.py": [None],
+    "configs/batch_scaling.py": [None, *batch_scaling.LR_CENTER],
 }
 SPECS = [path + ("" if arg is None else f":{arg}") for path, args in ARGUMENTS.items()
          for arg in args]

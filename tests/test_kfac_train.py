@@ -48,8 +48,8 @@ def test_one_and_four_devices_give_the_same_result(model, fisher):
   assert jax.device_count() >= 4, "tests/conftest.py must simulate 4 CPU devices"
   config = on_digits(seed002_kfac.get_config("bs=128"), **{
       "model.name": model, "image_size": 16, "batch_size": 32, "optimizer.fisher": fisher,
-      "optimizer.factor_update_period": 1,  # statistics every step: the capture program alone
-      "optimizer.inverse_update_period": 2, "optimizer.learning_rate": 0.01,
+      "optimizer.factor_update_period": 1, "optimizer.inverse_update_period": 2,
+      "optimizer.learning_rate": 0.01,
       "optimizer.damping": 0.01})
   one, four = run_steps(config, 1, 3), run_steps(config, 4, 3)
   kfac_one, kfac_four = one.opt_state[0], four.opt_state[0]

@@ -42,7 +42,7 @@ def _close(a, b, tol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
 
 
-def _same_replica(got, ref):
+def _same_replica(got, ref, tol=1e-6):
   """Weights, BatchNorm statistics, step and seed within 1e-6; the optimizer state within 1e-6
   of each leaf's scale, except K-FAC's curvature factors (and their inverses): sums over ~10^3
   patch products, whose
@@ -51,7 +51,7 @@ def _same_replica(got, ref):
   _close({"params": got.params, "batch_stats": got.batch_stats, "step": got.step,
           "seed": got.seed},
          {"params": ref.params, "batch_stats": ref.batch_stats, "step": ref.step,
-          "seed": ref.seed})
+          "seed": ref.seed}, tol)
   # The same optimizer (a phase 2 that kept phase 1's optimizer has another state tree).
   assert jax.tree.structure(got.opt_state) == jax.tree.structure(ref.opt_state)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(got.opt_state),
@@ -59,9 +59,9 @@ def _same_replica(got, ref):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     factor = any(name in jax.tree_util.keystr(path) for name in ("factors", "inverses"))
     scale = max(1.0, float(np.abs(y).max(initial=0.0)))
-    tol = (2e-5 if factor else 1e-6) * scale
-    assert np.abs(x - y).max(initial=0.0) <= tol, (jax.tree_util.keystr(path),
-                                                   np.abs(x - y).max(), tol)
+    tol_leaf = (2e-5 if factor else tol) * scale
+    assert np.abs(x - y).max(initial=0.0) <= tol_leaf, (jax.tree_util.keystr(path),
+                                                        np.abs(x - y).max(), tol_leaf)
 
 
 def _take(tree, k):
@@ -109,6 +109,11 @@ CASES.update({
 
 # Every case on every layout (1 device holding the 4 replicas, 4 devices holding one each) and
 # execution; K < D is test_two_replicas_on_four_devices_are_normal_two_device_runs.
+# LARS multiplies each layer's update by λ = η‖w‖/(‖g‖ + β‖w‖), a ratio of sums over the layer:
+# the vmapped step's gradients (grouped convolutions, summed in another order) move it by ~1e-5
+# relative, measured 1.85e-6 absolute on weights of ~0.2 after 2 steps (the same before the
+# move to shard_map). Every other case holds 1e-6.
+TOLERANCE = {"lars": 5e-6}
 ALL_LAYOUTS = tuple((n, execution) for n in (1, 4) for execution in swap.EXECUTIONS[1:])
 
 
@@ -142,7 +147,7 @@ def test_replica_k_is_the_normal_one_device_run_of_phase2_config_k(case):
     got = _swap_replicas(config, data, state1, 2, execution, jax.devices()[:n])
     assert got.step.tolist() == [2] * 4 and got.seed.tolist() == [1, 2, 3, 4]
     for k in range(4):
-      _same_replica(_take(got, k), refs[k])
+      _same_replica(_take(got, k), refs[k], tol=TOLERANCE.get(case, 1e-6))
   # The replicas differ (own data order, augmentation and keys).
   assert max(np.abs(a[0] - a[1]).max() for a in jax.tree.leaves(got.params)) > 1e-5
 
