@@ -385,11 +385,14 @@ def run(root: str, out: str | None = None, num_points: int = 13, processes: int 
   seed0 = {label: next((r for r in planned if label_of(report_lib.RunResult(r.name, "", {}, None))
                         == label and r.config.seed == min(p.config.seed for p in planned)), None)
            for label in (ref, lb_ref)}
-  # The interpolation's two ends first (the curve then runs beside the other runs), then the
-  # longest runs first.
+  # The interpolation's two ends first (the curve then runs beside the other runs), then seed by
+  # seed, the longest runs first: the runs side by side are of different methods, so a method's
+  # programs are compiled by its first seed alone and read from the cache by the others (two of
+  # its seeds at once would both compile them).
   ends = {seed0[ref].name, seed0[lb_ref].name}
-  tasks.sort(key=lambda t: (t[0] is None, t[1].name not in ends, -_SECONDS_HINT.get(label_of(
-      report_lib.RunResult(t[1].name, "", {}, None)), 0)))
+  tasks.sort(key=lambda t: (t[0] is None, t[1].name not in ends, t[1].config.seed,
+                            -_SECONDS_HINT.get(label_of(report_lib.RunResult(t[1].name, "", {},
+                                                                             None)), 0)))
   png = os.path.join(root, INTERPOLATION)
   curve_json = os.path.splitext(png)[0] + ".json"
   pending_ends = {seed0[ref].name, seed0[lb_ref].name} & {r.name for _, r in tasks}
