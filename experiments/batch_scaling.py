@@ -148,25 +148,12 @@ class Measured(NamedTuple):
 
 def window_noise_scale(records: Sequence[dict], steps: int, b_small: int, b_big: int
                        ) -> float | None:
-  """B_simple over the logging windows of ``records`` that end in (steps/2, steps].
-
-  The mean over those steps of the unbiased estimates of |G|² and tr(Σ) (each window's
-  ``train_grad_sq_small`` and ``train_grad_sq_big`` are means over its steps, and the estimators
-  are linear in them), then their ratio; None without such a window, NaN when the mean |G|²
-  estimate is not positive.
+  """B_simple over the logging windows of ``records`` that end in (steps/2, steps]:
+  `lbjax.noise_scale.window_b_simple` (window estimates weighted by their steps, then the ratio
+  of the means; ``b_small`` / ``b_big`` for records without the loop's estimates); None without
+  such a window, NaN when the mean |G|² estimate is not positive.
   """
-  previous, total, sq_small, sq_big = 0, 0, 0.0, 0.0
-  for r in sorted((r for r in records if "train_grad_sq_small" in r), key=lambda r: r["step"]):
-    length, previous = r["step"] - previous, r["step"]
-    if steps / 2 < r["step"] <= steps:
-      total += length
-      sq_small += length * r["train_grad_sq_small"]
-      sq_big += length * r["train_grad_sq_big"]
-  if not total:
-    return None
-  g_sq, _, b_simple = noise_scale.simple_noise_scale(sq_small / total, sq_big / total, b_small,
-                                                     b_big)
-  return float(b_simple) if g_sq > 0 else float("nan")
+  return noise_scale.window_b_simple(records, steps / 2, steps, b_small, b_big)
 
 
 def measure(workdir: str, target: float) -> Measured:

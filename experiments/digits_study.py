@@ -10,8 +10,9 @@ r"""The large-batch mini-study on the embedded digits (`configs/digits_study.py`
    ``RUN/sharpness.json``;
 2. prints one table — method, batch, optimizer (its learning rate after linear scaling),
    optimizer steps, and mean ± sample std over the seeds of test accuracy, test loss, λ_max,
-   tr H and the final gradient noise scale B_simple (`experiments.report.measurements`; "—" when
-   the runs did not log ``train_noise_scale``), seconds per run — and writes the learning curves
+   tr H and the gradient noise scale B_simple over the second half of training
+   (`experiments.report.measurements`, `lbjax.noise_scale.second_half_b_simple`; "—" when the
+   runs did not log it), seconds per run — and writes the learning curves
    (`experiments.report`);
 3. says which differences exceed the seed-to-seed spread: each large-batch method against the
    small-batch reference and against large-batch SGD, :math:`|\Delta\bar x| > 2\sqrt{s_1^2/n_1
@@ -218,7 +219,7 @@ def _p_note(n: int) -> str:
 
 # (key, header): test accuracy (%), test loss, then `experiments.report.MEASUREMENTS` keys.
 COLUMNS = (("test_accuracy", "test accuracy (%)"), ("test_loss", "test loss"),
-           ("lambda_max", "λ_max"), ("hessian_trace", "tr H"), ("noise_scale", "B_simple (final)"))
+           ("lambda_max", "λ_max"), ("hessian_trace", "tr H"), ("noise_scale", "B_simple (2nd half)"))
 
 
 def values_by_run(root: str, labels: Sequence[str], names: set[str] | None = None
@@ -338,7 +339,9 @@ def _trace_stderr_note(root: str) -> str:
           f"{settings['trace_samples']} Rademacher probes (standard error "
           f"{100 * np.median(rel):.0f}% of the value, median over the runs; "
           f"{100 * np.min(rel):.0f}–{100 * np.max(rel):.0f}%). B_simple = tr(Σ)/|G|² "
-          f"(McCandlish et al. 2018), the last `train_noise_scale` of `metrics.jsonl` "
+          f"(McCandlish et al. 2018) over the second half of training: the per-window "
+          f"estimates of |G|² and tr(Σ) in `metrics.jsonl` averaged over the windows ending in "
+          f"(S/2, S], S the last step, each weighted by its steps, then their ratio "
           f"({report_lib.MISSING}: not logged).")
 
 

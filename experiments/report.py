@@ -17,8 +17,10 @@ column its config matches, and writes to ``--out`` (default ``ROOT/report``):
 
 Where runs have them, sharpness and noise-scale columns: the top Hessian eigenvalue, the Hessian
 trace and the ε-sharpness from ``RUN/sharpness.json`` (``python -m lbjax.analysis.sharpness``),
-and the final gradient noise scale B_simple (the last ``train_noise_scale`` in
-``metrics.jsonl``, written with ``config.log_noise_scale``): per cell (mean ± std) in a second
+and the gradient noise scale B_simple over the second half of training (the per-window
+estimates ``train_noise_g_sq`` and ``train_noise_trace_sigma`` of ``metrics.jsonl``, written
+with ``config.log_noise_scale``, averaged over the windows ending in (S/2, S], S the last, then
+their ratio: `lbjax.noise_scale.second_half_b_simple`): per cell (mean ± std) in a second
 table of ``TABLE.md``, per run in ``TABLE_runs.csv``; and ``TABLE_noise_scale.png``, B_simple
 against epochs for every run (one panel per column, one colour per row).
 
@@ -46,6 +48,7 @@ import numpy as np
 from experiments import tables as tables_lib
 from experiments.tables import Table
 from lbjax import metrics as metrics_lib
+from lbjax import noise_scale
 from lbjax.errors import ConfigError
 
 MISSING = "—"
@@ -345,13 +348,15 @@ MEASUREMENTS = (
     ("lambda_max", "λ_max (Hessian)"),
     ("hessian_trace", "tr H"),
     ("epsilon_sharpness", "ε-sharpness (%)"),
-    ("noise_scale", "B_simple (final)"),
+    ("noise_scale", "B_simple (2nd half)"),
 )
 
 
 def measurements(workdir: str) -> dict[str, float]:
-  """A run's sharpness (``sharpness.json``) and final noise scale (the last finite
-  ``train_noise_scale`` of its ``metrics.jsonl``), each key of `MEASUREMENTS` it has."""
+  """A run's sharpness (``sharpness.json``) and noise scale (B_simple over the second half of
+  its logged training, `lbjax.noise_scale.second_half_b_simple` of ``metrics.jsonl``), each key
+  of `MEASUREMENTS` it has. A SWAP run's ``metrics.jsonl`` is its phase 2 (the replicas whose
+  average it reports); phase 1 is ``phase1/``."""
   out: dict[str, float] = {}
   path = os.path.join(workdir, "sharpness.json")
   if os.path.exists(path):
@@ -362,10 +367,9 @@ def measurements(workdir: str) -> dict[str, float]:
     for key in ("hessian_trace", "epsilon_sharpness"):
       if isinstance(sharp.get(key), (int, float)):
         out[key] = float(sharp[key])
-  _, y = learning_curve(workdir)["train_noise_scale"]
-  finite = np.isfinite(y)
-  if finite.any():
-    out["noise_scale"] = float(y[finite][-1])
+  b_simple = noise_scale.second_half_b_simple(metrics_lib.read_metrics(workdir))
+  if b_simple is not None and np.isfinite(b_simple):
+    out["noise_scale"] = b_simple
   return out
 
 
@@ -396,8 +400,9 @@ def measurements_markdown(table: Table, placed: Mapping[tuple[str, str], list[Ru
   lines += ["", ("Mean ± sample std over the runs of a cell that have the number. λ_max, tr H "
                 f"(Hutchinson) and ε-sharpness{eps} (Keskar et al. 2017, in %) of the training "
                 "loss from `python -m lbjax.analysis.sharpness`; B_simple = tr(Σ)/|G|² "
-                "(McCandlish et al. 2018) at the end of training, from "
-                "`config.log_noise_scale`.")]
+                "(McCandlish et al. 2018) over the second half of training (the loop's per-window "
+                "estimates of |G|² and tr(Σ) averaged over the windows ending in (S/2, S], then "
+                "their ratio), from `config.log_noise_scale`.")]
   return "\n".join(lines) + "\n"
 
 

@@ -312,7 +312,9 @@ def run(rec: Recorder, trainer: Trainer, *, start: int, total_steps: int, cadenc
   With ``trainer.noise_scale`` = ``(b_small, b_big)`` each flush updates a
   `lbjax.noise_scale.NoiseScaleEMA` (decay ``config.noise_scale_decay`` per window) with the
   window means of ``grad_sq_small`` and ``grad_sq_big`` and writes its B_simple as
-  ``train_noise_scale``; the moving averages start from a replay of ``metrics.jsonl``'s
+  ``train_noise_scale``, beside the window's own unbiased estimates of |G|² and tr(Σ) as
+  ``train_noise_g_sq`` and ``train_noise_trace_sigma`` (for
+  `lbjax.noise_scale.window_b_simple`); the moving averages start from a replay of ``metrics.jsonl``'s
   windows, so a resumed run continues them. With replicas (SWAP) the window means, and so the
   one B_simple, are over all replicas.
 
@@ -357,6 +359,8 @@ def run(rec: Recorder, trainer: Trainer, *, start: int, total_steps: int, cadenc
                                / max(now - clock["time"], 1e-9))
     means["epoch"] = step / cadence.steps_per_epoch
     if noise_scale is not None:  # McCandlish et al. 2018 App. A.1, averaged across windows
+      means["noise_g_sq"], means["noise_trace_sigma"] = noise_scale_lib.unbiased_estimates(
+          means["grad_sq_small"], means["grad_sq_big"], *noise_scale)
       ema = ema.update(means["grad_sq_small"], means["grad_sq_big"], *noise_scale, decay=decay)
       means["noise_scale"] = ema.b_simple
     rec.write_metrics(step, means, prefix="train_")

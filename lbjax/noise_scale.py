@@ -54,12 +54,19 @@ def simple_noise_scale(sq_small, sq_big, b_small, b_big):
   Raises:
     ValueError: unless ``0 < b_small < b_big``.
   """
+  g_sq, trace_sigma = unbiased_estimates(sq_small, sq_big, b_small, b_big)
+  return g_sq, trace_sigma, trace_sigma / g_sq
+
+
+def unbiased_estimates(sq_small, sq_big, b_small, b_big):
+  r"""``(g_sq, trace_sigma)`` of `simple_noise_scale` (App. A.1, eq. (A.2)–(A.3)) without
+  their ratio (which a zero ``g_sq`` would make undefined)."""
   b_small, b_big = float(b_small), float(b_big)
   if not 0 < b_small < b_big:
     raise ValueError(f"need 0 < b_small < b_big, got b_small={b_small:g}, b_big={b_big:g}")
   g_sq = (b_big * sq_big - b_small * sq_small) / (b_big - b_small)
   trace_sigma = (sq_small - sq_big) / (1.0 / b_small - 1.0 / b_big)
-  return g_sq, trace_sigma, trace_sigma / g_sq
+  return g_sq, trace_sigma
 
 
 def batch_sizes(global_batch: int, device_count: int, micro_batch_size: int | None = None
@@ -151,3 +158,52 @@ class NoiseScaleEMA(NamedTuple):
       return {"grad_sq": nan, "trace_sigma": nan, "noise_scale": nan}
     return {"grad_sq": self.g_sq / self.weight, "trace_sigma": self.trace_sigma / self.weight,
             "noise_scale": self.b_simple}
+
+
+def window_b_simple(records: Iterable[dict], start: float, end: float,
+                    b_small: float | None = None, b_big: float | None = None) -> float | None:
+  r"""B_simple over the logging windows of ``records`` that end in ``(start, end]``.
+
+  ``records`` are ``metrics.jsonl``'s. Each training window's unbiased estimates
+  :math:`|\mathcal{G}|^2` and :math:`\mathcal{S}` are ``train_noise_g_sq`` and
+  ``train_noise_trace_sigma`` (written by the loop with ``config.log_noise_scale``), or, in
+  records without them, `simple_noise_scale` of its ``train_grad_sq_small`` /
+  ``train_grad_sq_big`` at ``b_small`` / ``b_big`` (skipped when those are not given). A window
+  spans the steps since the previous training window (or step 0); the estimates are averaged
+  over the windows ending in ``(start, end]``, each weighted by its steps (the estimators are
+  linear in the step means), then B_simple is their ratio — McCandlish et al.'s average of
+  numerator and denominator before the ratio, over a stated stretch of training instead of an
+  exponential average that ends wherever the run ends.
+
+  Returns:
+    None without such a window; NaN when the mean :math:`|\mathcal{G}|^2` is not positive.
+  """
+  previous, total, g_sq, trace_sigma = 0, 0, 0.0, 0.0
+  for r in sorted(records, key=lambda r: r["step"]):
+    if "train_noise_g_sq" in r and "train_noise_trace_sigma" in r:
+      g, s = r["train_noise_g_sq"], r["train_noise_trace_sigma"]
+    elif "train_grad_sq_small" in r and "train_grad_sq_big" in r and b_small and b_big:
+      g, s = unbiased_estimates(r["train_grad_sq_small"], r["train_grad_sq_big"], b_small, b_big)
+    else:
+      continue
+    length, previous = r["step"] - previous, r["step"]
+    if start < r["step"] <= end:
+      total += length
+      g_sq += length * g
+      trace_sigma += length * s
+  if not total:
+    return None
+  return float(trace_sigma / g_sq) if g_sq > 0 else float("nan")
+
+
+def second_half_b_simple(records: Iterable[dict], b_small: float | None = None,
+                         b_big: float | None = None) -> float | None:
+  """`window_b_simple` over the second half of the logged training, ``(S/2, S]`` with S the
+  last step of a window that has the estimates; None without one."""
+  records = list(records)
+  steps = [r["step"] for r in records
+           if ("train_noise_g_sq" in r and "train_noise_trace_sigma" in r)
+           or ("train_grad_sq_small" in r and "train_grad_sq_big" in r and b_small and b_big)]
+  if not steps:
+    return None
+  return window_b_simple(records, max(steps) / 2, max(steps), b_small, b_big)

@@ -210,7 +210,9 @@ def _fabricated_run(root, name, *, lr, batch_size, seed, accuracy, noise_scales=
     for i, b in enumerate(noise_scales or [None] * 3):
       record = {"step": 10 * (i + 1), "train_loss": 1.0 / (i + 1), "train_epoch": 0.5 * (i + 1)}
       if b is not None:
-        record.update(train_grad_sq_small=2.0 + i, train_grad_sq_big=1.0, train_noise_scale=b)
+        # The window's estimates: |G|² = 1 + i, tr(Σ) = b (1 + i); the EMA's ratio logged as b.
+        record.update(train_grad_sq_small=2.0 + i, train_grad_sq_big=1.0, train_noise_scale=b,
+                      train_noise_g_sq=1.0 + i, train_noise_trace_sigma=b * (1.0 + i))
       f.write(json.dumps(record) + "\n")
     f.write(json.dumps({"step": 30, "test_accuracy": accuracy, "epoch": 1.5}) + "\n")
   metrics_lib.write_status(workdir, "completed", 30, test_accuracy=accuracy)
@@ -238,17 +240,22 @@ def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
   _fabricated_run(root, "large,seed=1", lr=0.05, batch_size=128, seed=1, accuracy=0.92)
 
   out = report_lib.report(root, TINY_TABLE, str(tmp_path / "out"))
-  assert out["measurements"]["small,seed=0"] == {"lambda_max": 12.0, "hessian_trace": 300.0,
-                                                 "epsilon_sharpness": 0.8, "noise_scale": 61.5}
+  # B_simple over the second half, steps (15, 30]: windows 20 and 30 (10 steps each), the ratio
+  # of the mean estimates, not the last logged EMA.
+  second_half = lambda b: (2 * b[1] + 3 * b[2]) / (2 + 3)
+  assert out["measurements"]["small,seed=0"] == {
+      "lambda_max": 12.0, "hessian_trace": 300.0, "epsilon_sharpness": 0.8,
+      "noise_scale": pytest.approx(second_half([40.0, 55.0, 61.5]))}
   assert out["measurements"]["large,seed=1"] == {}
   lines = out["markdown"].splitlines()
   start = lines.index("## Sharpness and gradient noise scale")
   table = [line for line in lines[start:] if line.startswith("|")]
   assert table[0] == ("| lr | column | λ_max (Hessian) | tr H | ε-sharpness (%) | "
-                      "B_simple (final) |")
+                      "B_simple (2nd half) |")
   std = lambda a, b: f"{np.std([a, b], ddof=1):.2g}"
+  b0, b1 = second_half([40.0, 55.0, 61.5]), second_half([38.0, 50.0, 58.5])
   assert table[2] == (f"| lr 0.05 | BS 64 | 14 ± {std(12, 16)} (n=2) | 320 ± {std(300, 340)} "
-                      f"(n=2) | 1 ± {std(0.8, 1.2)} (n=2) | 60 ± {std(61.5, 58.5)} (n=2) |")
+                      f"(n=2) | 1 ± {std(0.8, 1.2)} (n=2) | {np.mean([b0, b1]):.4g} ± {std(b0, b1)} (n=2) |")
   assert table[3] == "| lr 0.05 | BS 128 | 40 | 700 | 3.5 | — |"
   assert len(table) == 4  # the lr 1e8 row has no runs
   assert "ε-sharpness at ε = 0.001" in out["markdown"]
@@ -257,7 +264,8 @@ def test_report_adds_sharpness_and_noise_scale_columns_and_plot(tmp_path):
 
   with open(out["paths"]["runs_csv"]) as f:
     rows = {r["run"]: r for r in csv.DictReader(f)}
-  assert rows["small,seed=1"]["lambda_max"] == "16" and rows["small,seed=1"]["noise_scale"] == "58.5"
+  assert rows["small,seed=1"]["lambda_max"] == "16"
+  assert float(rows["small,seed=1"]["noise_scale"]) == pytest.approx(b1)
   assert rows["large,seed=0"]["epsilon_sharpness"] == "3.5"
   assert rows["large,seed=0"]["noise_scale"] == "" and rows["large,seed=1"]["hessian_trace"] == ""
 

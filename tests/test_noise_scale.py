@@ -143,3 +143,33 @@ def test_batch_sizes_follow_the_issue_rule():
 def test_squared_norm_of_a_gradient_tree():
   tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": [jnp.ones(4, jnp.bfloat16)]}
   assert float(noise_scale.squared_norm(tree)) == pytest.approx(55.0 + 4.0)
+
+
+def test_window_b_simple_averages_the_window_estimates_then_takes_the_ratio():
+  rng = np.random.default_rng(3)
+  steps = [5, 10, 20, 25, 40]  # uneven windows: 5, 5, 10, 5, 15 steps
+  g = rng.uniform(0.5, 2.0, len(steps))
+  s = rng.uniform(10.0, 90.0, len(steps))
+  records = [{"step": t, "train_noise_g_sq": float(a), "train_noise_trace_sigma": float(b)}
+             for t, a, b in zip(steps, g, s)]
+  records.insert(2, {"step": 20, "validation_accuracy": 0.5})  # not a training window
+  lengths = np.diff([0] + steps)
+  inside = np.array([10 < t <= 40 for t in steps])  # windows ending in (10, 40]
+  expected = (np.sum(lengths[inside] * s[inside]) / np.sum(lengths[inside] * g[inside]))
+  assert noise_scale.window_b_simple(records[::-1], 10, 40) == pytest.approx(expected, rel=1e-12)
+  # The second half of the logged training: (20, 40].
+  inside = np.array([20 < t <= 40 for t in steps])
+  expected = (np.sum(lengths[inside] * s[inside]) / np.sum(lengths[inside] * g[inside]))
+  assert noise_scale.second_half_b_simple(records) == pytest.approx(expected, rel=1e-12)
+  assert noise_scale.window_b_simple(records, 40, 100) is None
+  assert noise_scale.second_half_b_simple([{"step": 3, "train_loss": 1.0}]) is None
+  negative = [dict(r, train_noise_g_sq=-1.0) for r in records if "train_noise_g_sq" in r]
+  assert np.isnan(noise_scale.window_b_simple(negative, 0, 40))
+  # Records of the raw window means only: the estimates from the two batch sizes, or skipped.
+  raw = [{"step": 10, "train_grad_sq_small": 9.0, "train_grad_sq_big": 5.0},
+         {"step": 20, "train_grad_sq_small": 7.0, "train_grad_sq_big": 4.0}]
+  g_ref = np.array([(16 * 5.0 - 8 * 9.0) / 8, (16 * 4.0 - 8 * 7.0) / 8])
+  s_ref = np.array([(9.0 - 5.0) / (1 / 8 - 1 / 16), (7.0 - 4.0) / (1 / 8 - 1 / 16)])
+  assert noise_scale.window_b_simple(raw, 0, 20, 8, 16) == pytest.approx(s_ref.sum() / g_ref.sum())
+  assert noise_scale.second_half_b_simple(raw, 8, 16) == pytest.approx(s_ref[1] / g_ref[1])
+  assert noise_scale.window_b_simple(raw, 0, 20) is None

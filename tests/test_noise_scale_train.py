@@ -270,6 +270,11 @@ def test_loop_writes_the_moving_average_and_a_resumed_run_continues_it(tmp_path)
     assert r["train_grad_sq_big"] == pytest.approx(np.mean(1 + np.sin(s) / 4))
     ema = ema.update(r["train_grad_sq_small"], r["train_grad_sq_big"], 16, 64, decay=0.5)
     assert r["train_noise_scale"] == pytest.approx(ema.b_simple, rel=1e-12)
+    # The window's own unbiased estimates (McCandlish et al. A.2-A.3), written beside it.
+    small, big = np.mean(3 + np.sin(s)), np.mean(1 + np.sin(s) / 4)
+    assert r["train_noise_g_sq"] == pytest.approx((64 * big - 16 * small) / 48, rel=1e-9)
+    assert r["train_noise_trace_sigma"] == pytest.approx((small - big) / (1 / 16 - 1 / 64),
+                                                         rel=1e-9)
   # Killed after its checkpoint at step 8, leaving a later window (which the resumed run drops
   # and writes again), then resumed: the same values as the uninterrupted run.
   _loop(tmp_path / "b", 12, stop=8)
