@@ -128,6 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
+  # With several processes: seconds a checkpoint save may take to finish on every process
+  # (orbax's barrier); past it every process ends with exit 4 as on a storage error (a process
+  # whose storage failed never reaches the barrier). Orbax's default. Resumable.
+  c.checkpoint_timeout_secs = 1200
   c.progress_bar = True
   # "A:B": a jax.profiler trace of steps A..B (1-based) under WORKDIR/profile, for TensorBoard's
   # profile plugin or Perfetto (ui.perfetto.dev). None: no trace. Resumable.

@@ -7,6 +7,7 @@ short (a kill, a full disk) is deleted when the next run opens the directory. If
 next older step, so at most the work since that one is lost.
 """
 
+import errno
 import os
 from typing import Any
 
@@ -14,6 +15,8 @@ from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from lbjax import workdir as workdir_lib
 
 
 def finished_steps(directory: str) -> list[int]:
@@ -34,14 +37,16 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               every: int | None = None):
+               every: int | None = None, timeout_secs: int = 1200):
     self.directory = os.path.abspath(directory)
+    self.timeout_secs = timeout_secs
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every or 1),
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(timeout_secs=timeout_secs)))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -107,8 +112,23 @@ class Checkpointer:
     return aside
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the asynchronous save.
+
+    Raises:
+      OSError: ``ETIMEDOUT`` when, with several processes, orbax's barrier of the save timed out
+        (``timeout_secs``: another process did not finish its part — its storage failed, or it
+        stalled), so that the run ends as on a storage error instead of waiting forever.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      if (jax.process_count() > 1 and workdir_lib.classify(e) is None
+          and workdir_lib.is_barrier_timeout(e)):  # this process's own storage error comes first
+        raise OSError(errno.ETIMEDOUT, "the save did not finish on every process within "
+                      f"config.checkpoint_timeout_secs={self.timeout_secs} (a storage error or "
+                      "a stall on another process)") from e
+      raise
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()

@@ -29,7 +29,7 @@ from lbjax.optim import trust
 # halves, which changes BatchNorm training, and the workdir check does not know the device count;
 # ``noise_scale_decay`` is: the loop replays the logged windows with it on resume.)
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-                  "keep_checkpoints", "progress_bar", "eval_batch_size", "accumulation",
+                  "keep_checkpoints", "checkpoint_timeout_secs", "progress_bar", "eval_batch_size", "accumulation",
                   "noise_scale_decay", "profile_steps", "log_trust_ratios")
 
 
@@ -74,7 +74,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
   augment.validate_mode(config.augment)
   check_choice("config.model.name", config.model.name, models.MODELS)
   for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs",
-              "checkpoint_every_steps", "keep_checkpoints"):
+              "checkpoint_every_steps", "keep_checkpoints", "checkpoint_timeout_secs"):
     _positive(config, key)
   profile_steps(config.get("profile_steps"))
   if not 0.0 <= config.validation_fraction < 1.0:

@@ -171,7 +171,7 @@ class Recorder:
 
   def __init__(self, workdir: str, *, keep: int, every: int | None = None,
                checkpoint_dir: str | None = None, primary: bool | None = None,
-               async_save: bool = True, **status_fields):
+               async_save: bool = True, timeout_secs: int = 1200, **status_fields):
     self.workdir = workdir
     self.primary = jax.process_index() == 0 if primary is None else primary
     self.status_fields = status_fields
@@ -185,7 +185,7 @@ class Recorder:
     with self.writing(f"checkpoints in {ckpt_dir}"):
       os.makedirs(workdir, exist_ok=True)
       self.checkpointer = checkpoint_lib.Checkpointer(ckpt_dir, keep=keep, async_save=async_save,
-                                                      every=every)
+                                                      every=every, timeout_secs=timeout_secs)
     with self.writing(f"TensorBoard events in {workdir}"):
       self.writer = metrics_lib.MetricWriter(workdir, enabled=self.primary)
 

@@ -404,6 +404,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   exp = step_lib.build(phase2_config(config), data)  # the replicas' one step
   total = exp.total_steps
   rec = loop.Recorder(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every_steps,
+                      timeout_secs=config.checkpoint_timeout_secs,
                       checkpoint_dir=os.path.join(workdir, "phase2", "checkpoints"))
   rec.write_config(config)
 

@@ -102,7 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.get("swap") is not None and config.swap.enabled:
     raise ConfigError("config.swap.enabled", "a SWAP config is run by lbjax.runners.run")
   exp = step_lib.build(config)
-  rec = loop.Recorder(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every_steps)
+  rec = loop.Recorder(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every_steps,
+                      timeout_secs=config.checkpoint_timeout_secs)
   rec.write_config(config)
   restored_step, state = rec.restore(exp.init_state())
   start, total = int(state.step), exp.total_steps

@@ -41,6 +41,8 @@ STORAGE_ERRNOS = {
     errno.EACCES: "Permission denied",
     errno.EROFS: "Read-only file system",
     errno.EIO: "Input/output error",
+    # A save that did not finish on every process in time (`lbjax.checkpoint.Checkpointer.wait`).
+    errno.ETIMEDOUT: "Connection timed out",
 }
 
 
@@ -159,21 +161,31 @@ def in_use(workdir: str) -> dict | None:
 def classify(exc: BaseException) -> str | None:
   """The OS reason (e.g. ``No space left on device``) if ``exc`` is, or wraps, a storage error.
 
-  Looks through ``__cause__``/``__context__`` for an ``OSError`` with one of `STORAGE_ERRNOS`;
+  Looks through ``__cause__`` and ``__context__`` (`_chain`) for an ``OSError`` with one of `STORAGE_ERRNOS`;
   libraries that re-raise with only the text (orbax's ``RESOURCE_EXHAUSTED: ... No space left on
   device``) are recognised by the OS's own words in the message.
   """
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-      return exc.strerror or STORAGE_ERRNOS[exc.errno]
-    text = str(exc)
+  for e in _chain(exc):
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+      return e.strerror or STORAGE_ERRNOS[e.errno]
+    text = str(e)
     for reason in STORAGE_ERRNOS.values():
       if reason in text:
         return reason
-    exc = exc.__cause__ or exc.__context__
   return None
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+  """``exc`` and every exception it was raised from or while handling (``__cause__`` and
+  ``__context__``, both followed), each once."""
+  stack, seen = [exc], set()
+  while stack:
+    e = stack.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    yield e
+    stack += [e.__context__, e.__cause__]
 
 
 @contextlib.contextmanager
@@ -190,19 +202,32 @@ def writing(what: str) -> Iterator[None]:
     raise WriteFailure(what, reason) from e
 
 
+# The error of orbax's barrier when a save did not finish on every process in time, which
+# `lbjax.checkpoint.Checkpointer.wait` reports as ``ETIMEDOUT`` (a storage failure elsewhere).
+BARRIER_TIMEOUT = "DEADLINE_EXCEEDED: Barrier timed out"
+
+
+def is_barrier_timeout(exc: BaseException) -> bool:
+  """Whether ``exc`` is, or was raised from, orbax's barrier timing out (`BARRIER_TIMEOUT`)."""
+  return any(BARRIER_TIMEOUT in str(e) for e in _chain(exc))
+
+
 class _StorageErrorLogFilter(logging.Filter):
   """Drops the error logs of a storage error that the run reports as `WriteFailure`, in one
-  line: orbax's (tracebacks of its background save threads) and asyncio's ``Task exception was
-  never retrieved`` (the failed save's other writes, when garbage-collected)."""
+  line: orbax's (tracebacks of its background save threads, also of a save's barrier timed out
+  by another process's failure) and asyncio's ``Task exception was never retrieved`` (the
+  failed save's other writes, when garbage-collected)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:
       return True
     if record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
-    if record.exc_info and record.exc_info[1] is not None and classify(record.exc_info[1]):
+    if record.exc_info and record.exc_info[1] is not None and (
+        classify(record.exc_info[1]) or is_barrier_timeout(record.exc_info[1])):
       return False
-    return classify(Exception(record.getMessage())) is None
+    message = record.getMessage()
+    return classify(Exception(message)) is None and BARRIER_TIMEOUT not in message
 
 
 def is_late_completion(exc: BaseException, tb, obj) -> bool:

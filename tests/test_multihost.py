@@ -5,6 +5,7 @@ that step; rerunning both resumes and ends with the final line of an uninterrupt
 same for a SWAP run signalled in phase 2.
 """
 
+import errno
 import json
 import os
 import signal
@@ -36,14 +37,19 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch_pair(args, workdir):
+def _launch_pair(args, workdir, inject=None, script=None):
+  """Both processes of a run on localhost; ``inject`` maps a process index to the ``(errno,
+  step)`` its ``script`` (`tests.test_ownership.INJECT`) fails orbax's write of that step with."""
+  inject = inject or {}
   env = dict(os.environ)
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   port = _free_port()
+  launch = lambda i: (["-c", script, *map(str, inject[i])] if i in inject
+                      else ["-m", "lbjax.main"])
   return [subprocess.Popen(
-      [sys.executable, "-m", "lbjax.main", *args, f"--workdir={workdir}",
+      [sys.executable, *launch(i), *args, f"--workdir={workdir}",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -198,3 +204,34 @@ def test_hpo_trial_pruned_on_two_processes_stops_both(tmp_path):
   assert status["status"] == "stopped" and status["step"] == 20, status
   assert all("stopped by the callback at step 20" in out for out in outs), outs[1][-3000:]
   assert not os.path.exists(os.path.join(trial_dir, "checkpoints"))
+
+
+def test_storage_failure_on_one_process_ends_both_with_exit_4(tmp_path, uninterrupted):
+  """ENOSPC in process 0's asynchronous save of the step-20 checkpoint (process 0 writes the
+  checkpoint's files; process 1 waits for it in orbax's barrier): both processes exit 4 within
+  the configured ``checkpoint_timeout_secs`` with one ``lbjax: error:`` line and status
+  ``failed`` at the last complete checkpoint; rerunning both resumes from it and ends with the
+  final line of an uninterrupted run."""
+  from tests.test_ownership import INJECT  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  args = [*SHORT, "--config.checkpoint_every_steps=10", "--config.checkpoint_timeout_secs=20"]
+  procs = _launch_pair(args, workdir, inject={0: (errno.ENOSPC, 20)}, script=INJECT)
+  start = time.time()
+  outs = _finish(procs, timeout=300)
+  assert time.time() - start < 300
+  for p, out in zip(procs, outs):
+    assert p.returncode == 4, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("lbjax: error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "Traceback" not in out.split("--- stderr ---")[1], out[-3000:]
+  assert "No space left on device" in outs[0], outs[0][-3000:]
+  status = _status(workdir)
+  assert status["status"] == "failed" and status["checkpoint_step"] == 10, status
+  assert _checkpoint_steps(os.path.join(workdir, "checkpoints")) == [10]
+
+  procs = _launch_pair(args, workdir)
+  outs = _finish(procs, timeout=900)
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
+  for out in outs:
+    assert "resuming from step 10 " in out, out[-3000:]
+    assert _last_line(out) == uninterrupted("normal")
