@@ -82,13 +82,21 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int
                ) -> TrainState:
-  """A fresh (unreplicated) train state; parameters from ``PRNGKey(seed)``."""
-  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    seed=jnp.asarray(seed, jnp.int32))
+  """A fresh (unreplicated) train state; parameters from ``PRNGKey(seed)``.
+
+  One compiled program (``jax.jit``, the seed an argument): the model's and the optimizer's
+  initialisers run op by op otherwise, each op compiled on its own (seconds at start-up)."""
+
+  @jax.jit
+  def init(seed):
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32),
+                           train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      seed=seed)
+
+  return init(jnp.asarray(seed, jnp.int32))
 
 
 def cross_entropy(logits, targets):

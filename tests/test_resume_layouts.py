@@ -1,6 +1,7 @@
 """Checkpoints do not depend on the device count: a run signalled on 4 simulated devices resumes
 on 1 and on 2 (a normal run, and SWAP in phase 2) and ends where the 4-device run ends."""
 
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,13 @@ def _weights(checkpoints):
   return step, jax.tree.leaves(tree["params"])
 
 
+def _train_losses(workdir, after):
+  """``{step: train_loss}`` of the training windows ``workdir`` logged after step ``after``."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return {r["step"]: r["train_loss"] for r in records if "train_loss" in r and r["step"] > after}
+
+
 @pytest.mark.parametrize("name,args,checkpoints", [
     ("normal", NORMAL, "checkpoints"),
     ("swap", SWAP, os.path.join("phase3", "checkpoints"))])
@@ -78,10 +86,24 @@ def test_a_4_device_checkpoint_resumes_on_1_and_2_devices(tmp_path, name, args, 
     out = _launch(args, again, devices=devices)
     if name == "normal":
       assert f"resuming from step {status['step']}" in out
+    # Every training window after the resume against the 4-device run's: the first (at most
+    # three steps after the restore) within float32 rounding, so the restored state and the batch
+    # stream are the 4-device run's; later ones within the drift of another summation order
+    # (measured ≤ 1e-4 relative), far below the change of one different batch (a few %).
+    # (A window covers the steps since the previous flush: after a resume at an odd step the
+    # next window is one step long in the resumed run, two in the whole run; it is skipped.)
+    after = _train_losses(again, status["step"] + 1)
+    reference = _train_losses(whole, status["step"] + 1)
+    assert after and list(after) == list(reference)[:len(after)], (after, reference)
+    first = min(after)
+    np.testing.assert_allclose(after[first], reference[first], rtol=1e-5)
+    np.testing.assert_allclose(list(after.values()), [reference[s] for s in after], rtol=1e-3)
     step, resumed = _weights(os.path.join(again, checkpoints))
     assert step == step_w
-    for a, b in zip(weights, resumed):  # another device count sums in another order
-      np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    # The same drift on the final weights: measured up to 2.4e-4 on weights of ~0.04 after
+    # the ~40 steps that follow the resume (1e-4 before; a 4-device rerun is bit-identical).
+    for a, b in zip(weights, resumed):
+      np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
     # The reported accuracy agrees to the last printed digit or one test example (1/360).
     assert abs(float(_last_line(out).split(": ")[1].split()[0])
                - float(last.split(": ")[1].split()[0])) <= 1 / 360 + 1e-9
