@@ -6,9 +6,15 @@ import shutil
 import sys
 import tempfile
 
-# A loaded machine can delay one simulated device past XLA's default collective timeout, which
-# aborts the process (SIGABRT) with no Python traceback; give collectives 20 minutes instead.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_terminate_timeout_seconds=1200")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from tests import xla  # pylint: disable=g-import-not-at-top  (no jax: before it is imported)
+
+# Four simulated devices, the collective timeout and the fast compile of every test process
+# (`tests/xla.py`).
+os.environ.setdefault("XLA_FLAGS", xla.flags(4))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Four simulated devices on two cores can deadlock in an all-reduce unless XLA:CPU's thread pool
 # has spare threads (lbjax/__init__.py explains); subprocesses inherit this.
@@ -24,10 +30,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 # After the environment above, which must be set before jax is first imported.
 import gc

@@ -30,6 +30,7 @@ from configs import seed003_table2
 from configs import seed003_table3
 from lbjax import dotted
 from lbjax import main
+from tests import xla
 from tests.test_configs import _config_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +162,7 @@ def test_copies_keep_placeholders_typed_and_unshared():
 def test_seed003_command_with_data_dir_reaches_the_cifar10_loader(tmp_path):
   """The README's CIFAR-10 flag on a seed 003 config: parsed, then the one-line data error."""
   env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "XLA_FLAGS": xla.flags(1)}
   workdir = tmp_path / "run"
   run = subprocess.run(
       [sys.executable, "-m", "lbjax.main", "--config=configs/seed003_table2.py:hybrid",

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import device_suite  # pylint: disable=wrong-import-position
 
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 
@@ -43,8 +44,7 @@ def test_smoke_run_prints_the_table_and_the_ratio():
   a test's result must not depend on how busy the machine is)."""
   env = dict(os.environ)
   # Two simulated devices: data parallel over 1 and 2 ("pmap" rows), SWAP replicas on both.
-  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+  env["XLA_FLAGS"] = xla.flags(2)
   run = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--smoke"], check=False,
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -25,6 +25,7 @@ from lbjax.errors import ConfigError
 from lbjax.models import layers
 from lbjax.optim import kfac_capture
 from lbjax.optim import registry
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,8 +197,7 @@ def test_validate_config():
 
 def _launch(*flags, devices=1):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+  env["XLA_FLAGS"] = xla.flags(devices)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "lbjax.main", *flags, "--config.progress_bar=False"],
                         check=False,

@@ -14,6 +14,7 @@ from configs import sweeps
 from lbjax import mesh as mesh_lib
 from lbjax import step as step_lib
 from lbjax import train
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_one_and_four_devices_give_the_same_result(model, fisher):
 
 def launch(*args, devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
+  env["XLA_FLAGS"] = xla.flags(devices)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   run = subprocess.run([sys.executable, "-m", "lbjax.main", *args, "--config.progress_bar=False"],
                        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)

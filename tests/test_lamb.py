@@ -19,6 +19,7 @@ import pytest
 from configs import quickstart
 from lbjax import optim
 from lbjax.optim import registry
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +131,7 @@ def test_state_and_updates_are_float32():
 
 def test_launcher_quickstart_lamb_reaches_090(tmp_path):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+  env["XLA_FLAGS"] = xla.flags(1)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   run_ = subprocess.run([sys.executable, "-m", "lbjax.main", "--config=configs/quickstart.py:lamb",
                          f"--workdir={tmp_path / 'run'}", "--config.progress_bar=False"],

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def launch(*args, devices=4, env_extra=None, background=False):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200"
+  env["XLA_FLAGS"] = xla.flags(devices)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   env.update(env_extra or {})
   cmd = [sys.executable, "-m", "lbjax.main", *args]

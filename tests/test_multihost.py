@@ -17,6 +17,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import xla
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHORT = ["--config=configs/quickstart.py", "--config.num_epochs=3",
@@ -42,8 +44,7 @@ def _launch_pair(args, workdir, inject=None, script=None):
   step)`` its ``script`` (`tests.test_ownership.INJECT`) fails orbax's write of that step with."""
   inject = inject or {}
   env = dict(os.environ)
-  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+  env["XLA_FLAGS"] = xla.flags(2)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   port = _free_port()
   launch = lambda i: (["-c", script, *map(str, inject[i])] if i in inject
@@ -180,7 +181,7 @@ def test_hpo_trial_pruned_on_two_processes_stops_both(tmp_path):
   """An HPO study on 2 processes: process 0 asks the study, both train the trial; the pruner
   (answered on process 0, broadcast) stops both at the trial's first evaluation."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = xla.flags(2)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   port, workdir = _free_port(), str(tmp_path / "hpo")
   args = ["--config=configs/seed002_sgd.py:bs=128,data=digits", "--study=s", "--trials=1",

@@ -36,6 +36,7 @@ from lbjax import step as step_lib
 from lbjax.analysis import noise_scale as analysis_noise_scale
 from lbjax.data import augment
 from lbjax.data import pipeline
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,7 +290,7 @@ def test_loop_writes_the_moving_average_and_a_resumed_run_continues_it(tmp_path)
 
 def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
   workdir = tmp_path / "run"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {**os.environ, "XLA_FLAGS": xla.flags(4)}
   cmd = [sys.executable, "-m", "lbjax.main", "--config=configs/default.py", f"--workdir={workdir}",
          "--config.num_epochs=0.18", "--config.log_every_steps=1", "--config.progress_bar=False",
          "--config.log_noise_scale=True", "--config.noise_scale_decay=0.5"]

@@ -19,6 +19,7 @@ from lbjax import main
 from lbjax import runners
 from lbjax.errors import ConfigError
 from lbjax.optim import registry
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,8 +136,7 @@ def test_sweep_overrides_switch_a_block_as_the_command_line_does(monkeypatch):
 
 def _subprocess(args, devices=4):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
+  env["XLA_FLAGS"] = xla.flags(devices)
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=HANG_SECONDS, check=False)
 

@@ -19,6 +19,7 @@ import pytest
 
 from lbjax import metrics as metrics_lib
 from lbjax import workdir as workdir_lib
+from tests import xla
 from tests.hang import HANG_SECONDS
 from tests.test_reliability import ROOT
 from tests.test_reliability import assert_bit_identical
@@ -51,8 +52,7 @@ INJECT = textwrap.dedent("""
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-              "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+  return dict(os.environ, XLA_FLAGS=xla.flags(2),
               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from lbjax import main as lbjax_main
 from lbjax import metrics as metrics_lib
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ FAST = ["--config=configs/quickstart.py", "--config.image_size=16", "--config.ba
 
 
 def start(workdir, *extra):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=1200",
+  env = dict(os.environ, XLA_FLAGS=xla.flags(2),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.Popen([sys.executable, "-m", "lbjax.main", *FAST, *extra,
                            f"--workdir={workdir}"], cwd=ROOT, env=env,

@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests import xla
 from tests.test_multihost import _checkpoint_steps
 from tests.test_multihost import _last_line
 from tests.test_multihost import _logged_step
@@ -35,7 +36,7 @@ SWAP = ["--config=configs/swap_digits.py", "--config.num_epochs=2",
 
 def _launch(args, workdir, devices, background=False):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla.flags(devices)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   cmd = [sys.executable, "-m", "lbjax.main", *args, f"--workdir={workdir}"]
   if background:

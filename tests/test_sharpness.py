@@ -18,6 +18,7 @@ from lbjax import step as step_lib
 from lbjax.analysis import runs
 from lbjax.analysis import sharpness
 from tests import experiment_runs
+from tests import xla
 from tests.hang import HANG_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,8 +146,7 @@ CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3",
 def _command(workdir, devices):
   """Runs ``python -m lbjax.analysis.sharpness --workdir=workdir`` in a process that sees
   ``devices`` simulated CPU devices; returns its stdout and its ``sharpness.json``."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
+  env = dict(os.environ, XLA_FLAGS=xla.flags(devices),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
                          *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
