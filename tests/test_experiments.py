@@ -353,10 +353,16 @@ def test_digits_study_reports_seeds_sharpness_noise_scale_spread_and_skips_on_re
       assert sharp["batchnorm"].startswith("evaluation mode")
       lam.append(sharp["top_eigenvalues"][0])
       trace.append(sharp["hessian_trace"])
-      logged = [r["train_noise_scale"] for r in metrics_lib.read_metrics(workdir)
-                if isinstance(r.get("train_noise_scale"), (int, float))]
-      assert logged, workdir  # every run logs B_simple (tiny_digits_study_config.py)
-      noise.append(logged[-1])
+      windows = [r for r in metrics_lib.read_metrics(workdir) if "train_noise_g_sq" in r]
+      assert windows, workdir  # every run logs B_simple (tiny_digits_study_config.py)
+      # B_simple over the second half: the windows ending in (S/2, S], each weighted by its
+      # steps, the ratio of the mean estimates.
+      steps = np.array([r["step"] for r in windows])
+      length = np.diff(steps, prepend=0)
+      inside = steps > steps[-1] / 2
+      g = np.array([r["train_noise_g_sq"] for r in windows])
+      t = np.array([r["train_noise_trace_sigma"] for r in windows])
+      noise.append(np.sum((length * t)[inside]) / np.sum((length * g)[inside]))
     per_run[run] = acc
     row = next(line for line in lines if line.startswith(f"| {run} |")).split(" | ")
     assert row[5] == "0,1"
