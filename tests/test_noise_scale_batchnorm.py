@@ -103,10 +103,13 @@ def test_b_simple_with_batchnorm_on_4_devices_matches_the_pieces_population():
 
 def test_b_simple_of_resnet_tiny_on_4_devices_is_positive_and_within_the_1_device_spread():
   """Training (momentum SGD), logged B_simple over the run: 4 devices (pieces with their own
-  moments) against 1 device (its two halves) with seeds 0, 1, 2."""
+  moments) against 1 device (micro-batches of the same size), seeds 0, 1, 2 on each."""
 
   def b_simple(devices, seed):
-    exp = step_lib.build(_config(fixed=False, seed=seed, image_size=16))
+    # The same pieces on both layouts: with BatchNorm the piece's own moments are part of what
+    # is measured (4 devices: pieces of B/4; 1 device: micro-batches of B/4, not its halves).
+    exp = step_lib.build(_config(fixed=False, seed=seed, image_size=16,
+                                 micro_batch_size=None if devices > 1 else BATCH // DEVICES))
     small, big, _ = _train(exp, jax.devices()[:devices], steps=40, seed=seed)
     b_small, b_big = exp.noise_scale_batches(devices)
     # Over the second half of the run (the first steps are the initialisation's transient).
@@ -114,7 +117,9 @@ def test_b_simple_of_resnet_tiny_on_4_devices_is_positive_and_within_the_1_devic
                                                    b_big)[2]
 
   one = np.array([b_simple(1, seed) for seed in (0, 1, 2)])
-  four = b_simple(DEVICES, 0)
-  assert np.all(one > 0) and four > 0, (one, four)
-  spread = 2 * one.std(ddof=1)
-  assert abs(four - one.mean()) <= spread, (four, one)
+  four = np.array([b_simple(DEVICES, seed) for seed in (0, 1, 2)])
+  assert np.all(one > 0) and np.all(four > 0), (one, four)
+  # The project's rule for "within the seed-to-seed spread" (experiments/digits_study.py,
+  # `compare`): |Δ mean| ≤ 2·sqrt(s₁²/3 + s₂²/3), seeds 0, 1, 2 a side.
+  spread = 2 * np.sqrt(one.var(ddof=1) / 3 + four.var(ddof=1) / 3)
+  assert abs(four.mean() - one.mean()) <= spread, (four, one, spread)
