@@ -219,7 +219,8 @@ def _p_note(n: int) -> str:
 
 # (key, header): test accuracy (%), test loss, then `experiments.report.MEASUREMENTS` keys.
 COLUMNS = (("test_accuracy", "test accuracy (%)"), ("test_loss", "test loss"),
-           ("lambda_max", "λ_max"), ("hessian_trace", "tr H"), ("noise_scale", "B_simple (2nd half)"))
+           ("lambda_max", "λ_max"), ("hessian_trace", "tr H"),
+           ("noise_scale", "B_simple (2nd half)"))
 
 
 def values_by_run(root: str, labels: Sequence[str], names: set[str] | None = None

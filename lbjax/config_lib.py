@@ -29,8 +29,8 @@ from lbjax.optim import trust
 # halves, which changes BatchNorm training, and the workdir check does not know the device count;
 # ``noise_scale_decay`` is: the loop replays the logged windows with it on resume.)
 RESUMABLE_KEYS = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-                  "keep_checkpoints", "checkpoint_timeout_secs", "progress_bar", "eval_batch_size", "accumulation",
-                  "noise_scale_decay", "profile_steps", "log_trust_ratios")
+                  "keep_checkpoints", "checkpoint_timeout_secs", "progress_bar", "eval_batch_size",
+                  "accumulation", "noise_scale_decay", "profile_steps", "log_trust_ratios")
 
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:

@@ -314,8 +314,8 @@ def run(rec: Recorder, trainer: Trainer, *, start: int, total_steps: int, cadenc
   window means of ``grad_sq_small`` and ``grad_sq_big`` and writes its B_simple as
   ``train_noise_scale``, beside the window's own unbiased estimates of |G|² and tr(Σ) as
   ``train_noise_g_sq`` and ``train_noise_trace_sigma`` (for
-  `lbjax.noise_scale.window_b_simple`); the moving averages start from a replay of ``metrics.jsonl``'s
-  windows, so a resumed run continues them. With replicas (SWAP) the window means, and so the
+  `lbjax.noise_scale.window_b_simple`); the moving averages start from a replay of
+  ``metrics.jsonl``'s windows, so a resumed run continues them. With replicas (SWAP) the window means, and so the
   one B_simple, are over all replicas.
 
   Returns:

@@ -16,8 +16,8 @@ The train state is one global ``jax.Array`` tree replicated over the mesh (``P()
 global batch (`lbjax.data.pipeline` gives host ``p`` rows ``[p·B/P, (p+1)·B/P)`` as
 ``[local_devices, b, ...]``); `put_batch` makes the global ``[B, ...]`` array of them with
 ``jax.make_array_from_process_local_data``, so device ``i`` of the mesh holds rows
-``[i·b, (i+1)·b)``, the rows the per-device map (pmap) gave it. A replicated result comes back to the host
-with `to_host` (each process reads its own copy: no cross-process transfer).
+``[i·b, (i+1)·b)``, the rows the per-device map (pmap) gave it. A replicated result comes back
+to the host with `to_host` (each process reads its own copy: no cross-process transfer).
 """
 
 from collections.abc import Callable, Sequence
@@ -165,9 +165,9 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, *,
   gradient of a replicated input (the weights, ``P()``) is summed over the devices by autodiff
   itself (the transpose of the implicit broadcast is a ``psum``), so a per-device step written
   for pmap — its own gradient, then ``lax.pmean`` — would apply D times the mean gradient. Off,
-  each device differentiates its own loss and the step's ``pmean`` averages, as under
-  the per-device map (pmap); an output declared replicated (``P()``) is taken from the devices, which the
-  step's ``pmean``s make identical (tested against one device for every optimizer).
+  each device differentiates its own loss and the step's ``pmean`` averages, as under the
+  per-device map (pmap); an output declared replicated (``P()``) is taken from the devices,
+  which the step's ``pmean``s make identical (tested against one device for every optimizer).
 
   ``static_argnums`` are passed to ``fn`` as Python values (closed over, not sharded); the
   other arguments follow ``in_specs`` (one spec per non-static argument).

@@ -123,7 +123,7 @@ class NoiseScaleEMA(NamedTuple):
     """The averages after one more window (``decay`` = β per window, ``0 <= β < 1``)."""
     if not 0.0 <= decay < 1.0:
       raise ValueError(f"decay must be in [0, 1), got {decay}")
-    g_sq, trace_sigma, _ = simple_noise_scale(float(sq_small), float(sq_big), b_small, b_big)
+    g_sq, trace_sigma = unbiased_estimates(float(sq_small), float(sq_big), b_small, b_big)
     return NoiseScaleEMA(decay * self.g_sq + (1.0 - decay) * g_sq,
                          decay * self.trace_sigma + (1.0 - decay) * trace_sigma,
                          decay * self.weight + (1.0 - decay))
@@ -160,6 +160,18 @@ class NoiseScaleEMA(NamedTuple):
             "noise_scale": self.b_simple}
 
 
+def _window_estimates(record: dict, b_small: float | None, b_big: float | None
+                      ) -> tuple[float, float] | None:
+  """``(g_sq, trace_sigma)`` of one ``metrics.jsonl`` record (`window_b_simple`), or None for a
+  record that is not a training window with them."""
+  if "train_noise_g_sq" in record and "train_noise_trace_sigma" in record:
+    return record["train_noise_g_sq"], record["train_noise_trace_sigma"]
+  if "train_grad_sq_small" in record and "train_grad_sq_big" in record and b_small and b_big:
+    return unbiased_estimates(record["train_grad_sq_small"], record["train_grad_sq_big"], b_small,
+                              b_big)
+  return None
+
+
 def window_b_simple(records: Iterable[dict], start: float, end: float,
                     b_small: float | None = None, b_big: float | None = None) -> float | None:
   r"""B_simple over the logging windows of ``records`` that end in ``(start, end]``.
@@ -167,7 +179,7 @@ def window_b_simple(records: Iterable[dict], start: float, end: float,
   ``records`` are ``metrics.jsonl``'s. Each training window's unbiased estimates
   :math:`|\mathcal{G}|^2` and :math:`\mathcal{S}` are ``train_noise_g_sq`` and
   ``train_noise_trace_sigma`` (written by the loop with ``config.log_noise_scale``), or, in
-  records without them, `simple_noise_scale` of its ``train_grad_sq_small`` /
+  records without them, `unbiased_estimates` of its ``train_grad_sq_small`` /
   ``train_grad_sq_big`` at ``b_small`` / ``b_big`` (skipped when those are not given). A window
   spans the steps since the previous training window (or step 0); the estimates are averaged
   over the windows ending in ``(start, end]``, each weighted by its steps (the estimators are
@@ -180,12 +192,10 @@ def window_b_simple(records: Iterable[dict], start: float, end: float,
   """
   previous, total, g_sq, trace_sigma = 0, 0, 0.0, 0.0
   for r in sorted(records, key=lambda r: r["step"]):
-    if "train_noise_g_sq" in r and "train_noise_trace_sigma" in r:
-      g, s = r["train_noise_g_sq"], r["train_noise_trace_sigma"]
-    elif "train_grad_sq_small" in r and "train_grad_sq_big" in r and b_small and b_big:
-      g, s = unbiased_estimates(r["train_grad_sq_small"], r["train_grad_sq_big"], b_small, b_big)
-    else:
+    estimates = _window_estimates(r, b_small, b_big)
+    if estimates is None:
       continue
+    g, s = estimates
     length, previous = r["step"] - previous, r["step"]
     if start < r["step"] <= end:
       total += length
@@ -201,9 +211,7 @@ def second_half_b_simple(records: Iterable[dict], b_small: float | None = None,
   """`window_b_simple` over the second half of the logged training, ``(S/2, S]`` with S the
   last step of a window that has the estimates; None without one."""
   records = list(records)
-  steps = [r["step"] for r in records
-           if ("train_noise_g_sq" in r and "train_noise_trace_sigma" in r)
-           or ("train_grad_sq_small" in r and "train_grad_sq_big" in r and b_small and b_big)]
+  steps = [r["step"] for r in records if _window_estimates(r, b_small, b_big) is not None]
   if not steps:
     return None
   return window_b_simple(records, max(steps) / 2, max(steps), b_small, b_big)

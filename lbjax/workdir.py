@@ -161,8 +161,8 @@ def in_use(workdir: str) -> dict | None:
 def classify(exc: BaseException) -> str | None:
   """The OS reason (e.g. ``No space left on device``) if ``exc`` is, or wraps, a storage error.
 
-  Looks through ``__cause__`` and ``__context__`` (`_chain`) for an ``OSError`` with one of `STORAGE_ERRNOS`;
-  libraries that re-raise with only the text (orbax's ``RESOURCE_EXHAUSTED: ... No space left on
+  Looks through ``__cause__`` and ``__context__`` (`_chain`) for an ``OSError`` with one of
+  `STORAGE_ERRNOS`; libraries that re-raise with only the text (orbax's ``RESOURCE_EXHAUSTED: ... No space left on
   device``) are recognised by the OS's own words in the message.
   """
   for e in _chain(exc):
@@ -227,7 +227,7 @@ class _StorageErrorLogFilter(logging.Filter):
         classify(record.exc_info[1]) or is_barrier_timeout(record.exc_info[1])):
       return False
     message = record.getMessage()
-    return classify(Exception(message)) is None and BARRIER_TIMEOUT not in message
+    return classify(Exception(message)) is None and not is_barrier_timeout(Exception(message))
 
 
 def is_late_completion(exc: BaseException, tb, obj) -> bool:
