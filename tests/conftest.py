@@ -38,16 +38,41 @@ import jax
 import pytest
 
 
+def _mappings() -> int:
+  """How many memory mappings this process has (Linux; 0 where /proc is missing)."""
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return f.read().count(b"\n")
+  except OSError:
+    return 0
+
+
+def _mapping_limit() -> int:
+  try:
+    with open("/proc/sys/vm/max_map_count") as f:
+      return int(f.read())
+  except (OSError, ValueError):
+    return 65530
+
+
+# Half the kernel's limit: one test adds at most a few thousand mappings.
+MAPPING_BUDGET = _mapping_limit() // 2
+
+
 @pytest.fixture(autouse=True)
 def _free_compiled_programs():
-  """Frees every compiled program after each test.
+  """Frees the compiled programs once the process holds half the kernel's memory mappings.
 
   XLA:CPU maps each compiled program's code into the process (about three memory mappings per
   kernel), and JAX's caches keep them alive for the life of the process. One pytest process runs
   hundreds of trainings, so without this the process passes the kernel's mapping limit
   (`vm.max_map_count`, 65530 by default) and the next compile dies in XLA with SIGSEGV, no Python
-  error. Measured here: one small 4-device training adds ~400-1500 mappings; this frees them.
+  error. Measured here: one small 4-device training adds ~400-1500 mappings. Clearing after
+  every test instead costs every test its re-tracing and recompiling of the programs that earlier
+  tests share (the eager operations, the library's module-level jitted functions): 38.6 s -> 29.3
+  s on tests/test_optim_common.py.
   """
   yield
-  jax.clear_caches()
-  gc.collect()
+  if _mappings() > MAPPING_BUDGET:
+    jax.clear_caches()
+    gc.collect()
