@@ -171,6 +171,20 @@ def _metrics_and_state(config, data, devices, steps=2):
   return out, mesh_lib.to_host(state)
 
 
+MAX_ULP = 1
+
+
+def _within_ulp(x, y):
+  """Floats within ``MAX_ULP`` units in the last place of the array's largest magnitude (values
+  near 0 have finer ulps than the sums they come from); integers and booleans equal."""
+  x, y = np.asarray(x), np.asarray(y)
+  if np.issubdtype(x.dtype, np.floating):
+    scale = np.spacing(np.abs(y).max(initial=0.0))
+    np.testing.assert_allclose(x, y, rtol=0, atol=MAX_ULP * scale)
+  else:
+    np.testing.assert_array_equal(x, y)
+
+
 ORIGINAL_METRICS = {"loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "update_norm",
                     "update_ratio", "finite"}
 
@@ -194,11 +208,19 @@ def test_logging_costs_the_metrics_only(lenet, devices, micro, accumulation):
     runs[log] = _metrics_and_state(config, data, jax.devices()[:devices])
   for log in (None, False):
     assert all(set(m) == ORIGINAL_METRICS for m in runs[log][0])
-  for a, b in ((runs[None], runs[False]), (runs[False], runs[True])):
-    jax.tree.map(np.testing.assert_array_equal, a[1], b[1])
-    for ma, mb in zip(a[0], b[0]):
-      for key in ORIGINAL_METRICS:
-        np.testing.assert_array_equal(ma[key], mb[key])
+  # Off, with or without the key: one program, the same bits. On: another program (two more
+  # outputs), which XLA:CPU may fuse differently, so the update's float32 rounding may differ by
+  # an ulp (measured: 1 ulp on 40 of LeNet-5's 2400 conv2 weights after 2 micro-batched steps
+  # with the legacy kernel emitter of `tests/xla.py`, 0 with the new one); a changed gradient,
+  # batch or key moves them by far more.
+  jax.tree.map(np.testing.assert_array_equal, runs[None][1], runs[False][1])
+  for ma, mb in zip(runs[None][0], runs[False][0]):
+    for key in ORIGINAL_METRICS:
+      np.testing.assert_array_equal(ma[key], mb[key])
+  jax.tree.map(_within_ulp, runs[False][1], runs[True][1])
+  for ma, mb in zip(runs[False][0], runs[True][0]):
+    for key in ORIGINAL_METRICS:
+      _within_ulp(ma[key], mb[key])
   on = runs[True][0][-1]
   assert set(on) == ORIGINAL_METRICS | {"grad_sq_small", "grad_sq_big"}
   np.testing.assert_allclose(on["grad_sq_big"], on["grad_norm"] ** 2, rtol=1e-5)
