@@ -44,6 +44,50 @@ def test_digits_split_is_fixed():
       np.testing.assert_array_equal(getattr(first, name)[key], getattr(second, name)[key])
 
 
+def _fresh_digits():
+  datasets._load_digits.cache_clear()
+  return datasets._load_digits(None)
+
+
+def test_digits_cache_holds_scikit_learns_split_and_recovers(tmp_path, monkeypatch):
+  """The cached split is scikit-learn's stratified split; a later load reads it without
+  scikit-learn; a malformed file is computed again; an unwritable cache costs nothing else."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  path = datasets.digits_cache_path()
+  assert path.startswith(str(tmp_path / "cache" / "lbjax")) and not os.path.exists(path)
+  reference = datasets._split_digits()
+  assert reference["train_x"].shape == (1437, 8, 8, 1)
+  train, test, _ = _fresh_digits()
+  assert os.path.exists(path)
+  for split, x, y in ((train, "train_x", "train_y"), (test, "test_x", "test_y")):
+    np.testing.assert_array_equal(split["image"], reference[x])
+    np.testing.assert_array_equal(split["label"], reference[y])
+
+  def no_sklearn():
+    raise AssertionError("computed again although the cache holds the split")
+
+  with monkeypatch.context() as m:
+    m.setattr(datasets, "_split_digits", no_sklearn)
+    np.testing.assert_array_equal(_fresh_digits()[0]["image"], reference["train_x"])
+
+  for bad in (b"not an npz", None):  # garbage; a valid npz of the wrong shapes
+    if bad is None:
+      np.savez(path, train_x=np.zeros((3, 8, 8, 1), np.uint8), train_y=np.zeros(3),
+               test_x=np.zeros((1, 8, 8, 1), np.uint8), test_y=np.zeros(1))
+    else:
+      with open(path, "wb") as f:
+        f.write(bad)
+    np.testing.assert_array_equal(_fresh_digits()[1]["label"], reference["test_y"])
+    with np.load(path) as f:  # rewritten
+      np.testing.assert_array_equal(f["test_x"], reference["test_x"])
+
+  blocked = tmp_path / "blocked"
+  blocked.write_text("a file where the cache directory would be")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+  np.testing.assert_array_equal(_fresh_digits()[0]["label"], reference["train_y"])
+  datasets._load_digits.cache_clear()
+
+
 def test_digits_resize():
   native = datasets.load("digits")
   data = datasets.load("digits", image_size=32)

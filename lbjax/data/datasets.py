@@ -14,7 +14,8 @@ validation split carved from train, and the per-channel mean/std.
 * ``digits``: scikit-learn's embedded 1,797 real 8x8 handwritten digits (no
   download). Values 0..16 are scaled to 0..255. Fixed stratified split:
   1,437 train / 360 test (``train_test_split(test_size=360, stratify=y,
-  random_state=0)``), the same on every machine.
+  random_state=0)``), the same on every machine; computed once per scikit-learn version and
+  kept in ``~/.cache/lbjax`` (``$XDG_CACHE_HOME``), so a run does not import scikit-learn.
 * ``cifar10``: TFDS ``cifar10`` (50,000 train / 10,000 test, 32x32x3) read from
   ``data_dir`` with ``download=False``; prepare it once with
   ``tfds build cifar10 --data_dir=DIR`` on a machine with internet access.
@@ -22,6 +23,8 @@ validation split carved from train, and the per-channel mean/std.
 
 from collections.abc import Callable
 import functools
+import os
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -64,10 +67,16 @@ DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 
 
-@functools.cache
-def _load_digits(data_dir: str | None) -> tuple[Split, Split, int]:
-  """scikit-learn digits: 1,437 train / 360 test, 8x8x1, 10 classes."""
-  del data_dir  # Embedded in scikit-learn.
+def digits_cache_path() -> str:
+  """Where `_load_digits` keeps the split it computed: ``$XDG_CACHE_HOME/lbjax`` (else
+  ``~/.cache/lbjax``), one file per scikit-learn version and split."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "lbjax", f"digits-sklearn{metadata.version('scikit-learn')}"
+                      f"-test{DIGITS_TEST_SIZE}-seed{DIGITS_SPLIT_SEED}.npz")
+
+
+def _split_digits() -> dict[str, np.ndarray]:
   # pylint: disable=g-import-not-at-top
   from sklearn import datasets as sk_datasets
   from sklearn import model_selection
@@ -77,7 +86,46 @@ def _load_digits(data_dir: str | None) -> tuple[Split, Split, int]:
   train_x, test_x, train_y, test_y = model_selection.train_test_split(
       images, digits.target, test_size=DIGITS_TEST_SIZE, stratify=digits.target,
       random_state=DIGITS_SPLIT_SEED)
-  return _split(train_x, train_y), _split(test_x, test_y), 10
+  return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+def _cached_digits() -> dict[str, np.ndarray] | None:
+  try:
+    with np.load(digits_cache_path()) as f:
+      arrays = {key: f[key] for key in ("train_x", "train_y", "test_x", "test_y")}
+  except (OSError, KeyError, ValueError, EOFError):  # missing, unreadable or truncated
+    return None
+  n_test = len(arrays["test_y"])
+  if (arrays["train_x"].shape != (1797 - n_test, 8, 8, 1) or n_test != DIGITS_TEST_SIZE
+      or arrays["test_x"].shape != (n_test, 8, 8, 1) or len(arrays["train_y"]) != 1797 - n_test):
+    return None
+  return arrays
+
+
+@functools.cache
+def _load_digits(data_dir: str | None) -> tuple[Split, Split, int]:
+  """scikit-learn digits: 1,437 train / 360 test, 8x8x1, 10 classes.
+
+  Importing scikit-learn (with SciPy) takes ~2.5 s, most of a short run's start-up, so the
+  split is computed once per scikit-learn version and kept in `digits_cache_path` (written
+  atomically; a missing, unreadable or malformed file is computed again; a cache directory that
+  cannot be written only costs the import next time).
+  """
+  del data_dir  # Embedded in scikit-learn.
+  arrays = _cached_digits()
+  if arrays is None:
+    arrays = _split_digits()
+    path = digits_cache_path()
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npz",
+                                       delete=False) as f:
+        np.savez(f, **arrays)
+      os.replace(f.name, path)
+    except OSError:
+      pass
+  return (_split(arrays["train_x"], arrays["train_y"]), _split(arrays["test_x"], arrays["test_y"]),
+          10)
 
 
 def _missing_cifar10(data_dir: str | None, detail: str = "") -> ConfigError:
