@@ -68,7 +68,8 @@ FULL = {"model": "resnet18", "batches": (256, 1024, 4096), "ratio_batch": 1024, 
 SMOKE = {"model": "lenet5", "batches": (16, 32, 64), "ratio_batch": 32, "replicas": 2,
          "replica_batch": 8, "kfac_batch": 16, "per_device": 8, "examples": 128,
          "rounds": 1, "steps": 1}
-SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+SMOKE_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                   "--xla_cpu_use_fusion_emitters=false")
 DTYPES = ("float32", "bfloat16")
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

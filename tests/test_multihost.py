@@ -21,14 +21,14 @@ from tests import xla
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SHORT = ["--config=configs/quickstart.py", "--config.num_epochs=3",
+SHORT = ["--config=configs/quickstart.py", "--config.num_epochs=2",
          "--config.schedule.warmup_epochs=0.0", "--config.progress_bar=False",
          "--config.batch_size=64", "--config.image_size=16", "--config.log_every_steps=2",
          "--config.checkpoint_every_steps=1000", "--config.eval_every_epochs=10"]
 SWAP = ["--config=configs/swap_digits.py", "--config.num_epochs=2",
         "--config.schedule.warmup_epochs=0.5",
-        "--config.swap.phase1_stop_accuracy=1.0", "--config.swap.num_epochs=1",
-        "--config.swap.num_replicas=4", "--config.swap.batch_size=32", "--config.image_size=16",
+        "--config.swap.phase1_stop_accuracy=1.0", "--config.swap.num_epochs=0.5",
+        "--config.swap.num_replicas=4", "--config.swap.batch_size=32", "--config.image_size=8",
         "--config.progress_bar=False", "--config.log_every_steps=2",
         "--config.checkpoint_every_steps=1000", "--config.eval_every_epochs=10"]
 
@@ -132,7 +132,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_path, victim,
                                                                         uninterrupted):
   rng = np.random.default_rng(victim)
-  target = int(rng.integers(4, 40))  # of 66 steps; logged every 2
+  target = int(rng.integers(4, 30))  # of 45 steps; logged every 2
   workdir = str(tmp_path / "run")
   procs = _launch_pair(SHORT, workdir)
   sent = _signal_at(procs, os.path.join(workdir, "metrics.jsonl"), target, victim)
@@ -144,7 +144,7 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_pat
   status = _status(workdir)
   assert status["status"] == "preempted", status
   step = status["step"]
-  assert target <= step < 66
+  assert target <= step < 45
   # One checkpoint, of the step both stopped at (the cadence would save none before the end).
   assert _checkpoint_steps(os.path.join(workdir, "checkpoints")) == [step]
   assert all(f"preempted at step {step};" in out for out in outs)

@@ -28,8 +28,8 @@ NORMAL = ["--config=configs/quickstart.py", "--config.num_epochs=2",
           "--config.checkpoint_every_steps=1000", "--config.eval_every_epochs=10"]
 SWAP = ["--config=configs/swap_digits.py", "--config.num_epochs=2",
         "--config.schedule.warmup_epochs=0.5", "--config.swap.phase1_stop_accuracy=1.0",
-        "--config.swap.num_epochs=1", "--config.swap.num_replicas=4",
-        "--config.swap.batch_size=32", "--config.image_size=16", "--config.progress_bar=False",
+        "--config.swap.num_epochs=0.5", "--config.swap.num_replicas=4",
+        "--config.swap.batch_size=32", "--config.image_size=8", "--config.progress_bar=False",
         "--config.log_every_steps=2", "--config.checkpoint_every_steps=1000",
         "--config.eval_every_epochs=10"]
 

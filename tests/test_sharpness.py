@@ -139,8 +139,8 @@ def test_data_parallel_objective_equals_the_one_device_objective():
   np.testing.assert_allclose(parallel.hvp(vs[0]), single.hvp(vs)[0], rtol=1e-4, atol=1e-6)
 
 
-CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=20", "--max_iterations=3", "--density",
-             "--num_probes=2", "--num_steps=8", "--layers", "--layer_steps=8"]
+CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=6", "--max_iterations=3", "--density",
+             "--num_probes=2", "--num_steps=6", "--layers", "--layer_steps=6"]
 
 
 def _command(workdir, devices):
