@@ -15,6 +15,8 @@ from tests import xla  # pylint: disable=g-import-not-at-top  (no jax: before it
 # Four simulated devices, the collective timeout and the fast compile of every test process
 # (`tests/xla.py`).
 os.environ.setdefault("XLA_FLAGS", xla.flags(4))
+for _name, _value in xla.ENV.items():
+  os.environ.setdefault(_name, _value)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Four simulated devices on two cores can deadlock in an all-reduce unless XLA:CPU's thread pool
 # has spare threads (lbjax/__init__.py explains); subprocesses inherit this.
@@ -57,6 +59,16 @@ def _mapping_limit() -> int:
 
 # Half the kernel's limit: one test adds at most a few thousand mappings.
 MAPPING_BUDGET = _mapping_limit() // 2
+
+
+@pytest.fixture
+def optimized():
+  """The test compiles its programs with XLA's optimisations on (`tests/xla.py`): for tests that
+  run hundreds of steps, where the faster program outweighs the slower compile."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(autouse=True)

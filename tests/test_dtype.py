@@ -195,8 +195,8 @@ def test_validate_config():
     models.validate_config(c)
 
 
-def _launch(*flags, devices=1):
-  env = dict(os.environ)
+def _launch(*flags, devices=1, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
   env["XLA_FLAGS"] = xla.flags(devices)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "lbjax.main", *flags, "--config.progress_bar=False"],
@@ -206,7 +206,7 @@ def _launch(*flags, devices=1):
 
 def test_launcher_quickstart_bfloat16_reaches_090(tmp_path):
   run = _launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
-                "--config.model.dtype=bfloat16")
+                "--config.model.dtype=bfloat16", env_extra=xla.OPTIMIZED)
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")

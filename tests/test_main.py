@@ -30,7 +30,7 @@ def launch(*args, devices=4, env_extra=None, background=False):
 def test_quickstart_reaches_090_and_a_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "quickstart")
   run = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
-               "--config.progress_bar=False", devices=1)
+               "--config.progress_bar=False", devices=1, env_extra=xla.OPTIMIZED)
   assert run.returncode == 0, run.stderr[-3000:]
   last = run.stdout.strip().splitlines()[-1]
   assert last.startswith("final test accuracy: ")
@@ -39,7 +39,7 @@ def test_quickstart_reaches_090_and_a_rerun_resumes(tmp_path):
   result = _status(workdir)["result_test_accuracy"]
   assert last == f"final test accuracy: {result:.4f} (trained weights)"
   again = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
-                 "--config.progress_bar=False", devices=1)
+                 "--config.progress_bar=False", devices=1, env_extra=xla.OPTIMIZED)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from step" in again.stdout
   assert again.stdout.strip().splitlines()[-1] == last
@@ -56,7 +56,7 @@ def test_swa_quickstart_last_line_is_the_swa_average(tmp_path):
   workdir = str(tmp_path / "swa")
   run = launch("--config=configs/quickstart.py", f"--workdir={workdir}",
                "--config.progress_bar=False", "--config.swa.enabled=True",
-               "--config.swa.start_epoch=10", devices=1)
+               "--config.swa.start_epoch=10", devices=1, env_extra=xla.OPTIMIZED)
   assert run.returncode == 0, run.stderr[-3000:]
   status = _status(workdir)
   assert status["result_test_accuracy"] == status["swa_test_accuracy"]

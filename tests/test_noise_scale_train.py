@@ -137,7 +137,7 @@ CASES = {  # name: (devices, micro_batch_size, steps, expected (b_small, b_big))
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_b_simple_over_many_steps_is_within_ten_percent_of_the_exact_one(lenet, name):
+def test_b_simple_over_many_steps_is_within_ten_percent_of_the_exact_one(lenet, name, optimized):
   devices, micro, steps, batches = CASES[name]
   exp = lenet["exp"]
   if micro is not None:

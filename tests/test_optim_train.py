@@ -15,6 +15,7 @@ from configs import quickstart
 from configs import sweeps
 from lbjax import train
 from lbjax.optim import registry
+from tests import xla
 from tests.test_main import launch
 
 # name -> floor, for the hyperparameters of `configs/quickstart.py:<name>`. Test accuracy
@@ -72,7 +73,8 @@ def test_quickstart_nag_reaches_090_on_every_seed(seed, tmp_path):
   ``experiments/results/quickstart_seeds.md`` has every optimizer on these seeds."""
   workdir = str(tmp_path / "nag")
   run = launch("--config=configs/quickstart.py:nag", f"--workdir={workdir}",
-               f"--config.seed={seed}", "--config.progress_bar=False", devices=1)
+               f"--config.seed={seed}", "--config.progress_bar=False", devices=1,
+               env_extra=xla.OPTIMIZED)
   assert run.returncode == 0, run.stderr[-3000:]
   with open(os.path.join(workdir, "status.json")) as f:
     status = json.load(f)
