@@ -65,6 +65,8 @@ def _split(image: np.ndarray, label: np.ndarray) -> Split:
 # Fixed split of scikit-learn's digits: documented above, never change it (results depend on it).
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
+_DIGITS_SHAPES = {"train_x": (1797 - DIGITS_TEST_SIZE, 8, 8, 1), "train_y": (1797 - DIGITS_TEST_SIZE,),
+                  "test_x": (DIGITS_TEST_SIZE, 8, 8, 1), "test_y": (DIGITS_TEST_SIZE,)}
 
 
 def digits_cache_path() -> str:
@@ -92,12 +94,10 @@ def _split_digits() -> dict[str, np.ndarray]:
 def _cached_digits() -> dict[str, np.ndarray] | None:
   try:
     with np.load(digits_cache_path()) as f:
-      arrays = {key: f[key] for key in ("train_x", "train_y", "test_x", "test_y")}
+      arrays = {key: f[key] for key in _DIGITS_SHAPES}
   except (OSError, KeyError, ValueError, EOFError):  # missing, unreadable or truncated
     return None
-  n_test = len(arrays["test_y"])
-  if (arrays["train_x"].shape != (1797 - n_test, 8, 8, 1) or n_test != DIGITS_TEST_SIZE
-      or arrays["test_x"].shape != (n_test, 8, 8, 1) or len(arrays["train_y"]) != 1797 - n_test):
+  if any(arrays[key].shape != shape for key, shape in _DIGITS_SHAPES.items()):
     return None
   return arrays
 
@@ -116,14 +116,17 @@ def _load_digits(data_dir: str | None) -> tuple[Split, Split, int]:
   if arrays is None:
     arrays = _split_digits()
     path = digits_cache_path()
+    temporary = None
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".npz",
                                        delete=False) as f:
+        temporary = f.name
         np.savez(f, **arrays)
-      os.replace(f.name, path)
+      os.replace(temporary, path)
     except OSError:
-      pass
+      if temporary is not None and os.path.exists(temporary):  # a full disk: leave no partial file
+        os.unlink(temporary)
   return (_split(arrays["train_x"], arrays["train_y"]), _split(arrays["test_x"], arrays["test_y"]),
           10)
 
