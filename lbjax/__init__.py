@@ -16,8 +16,9 @@ def _avoid_simulated_device_deadlock() -> None:
   16-thread pool, 5 runs in a row completed. A smaller pool is not safe: the tests' K-FAC
   LeNet-5 run (68 steps, 4 devices, 2 cores) hung with ``NPROC=6`` until XLA's collective timeout,
   while 4 happened to complete (17.5 s) and 8 was no faster than 16 (29.4 vs 28.9 s). XLA
-  reads the pool size from ``NPROC`` when the CPU backend starts (the first ``jax.devices()``), so this runs at import, before any use. It does
-  nothing for real devices, for one CPU device, or when ``NPROC`` is already set.
+  reads the pool size from ``NPROC`` when the CPU backend starts (the first ``jax.devices()``),
+  so this runs at import, before any use. It does nothing for real devices, for one CPU device,
+  or when ``NPROC`` is already set.
   """
   if "xla_force_host_platform_device_count" in _os.environ.get("XLA_FLAGS", ""):
     _os.environ.setdefault("NPROC", "16")

@@ -65,7 +65,8 @@ def _split(image: np.ndarray, label: np.ndarray) -> Split:
 # Fixed split of scikit-learn's digits: documented above, never change it (results depend on it).
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
-_DIGITS_SHAPES = {"train_x": (1797 - DIGITS_TEST_SIZE, 8, 8, 1), "train_y": (1797 - DIGITS_TEST_SIZE,),
+_DIGITS_TRAIN_SIZE = 1797 - DIGITS_TEST_SIZE  # scikit-learn's 1797 images
+_DIGITS_SHAPES = {"train_x": (_DIGITS_TRAIN_SIZE, 8, 8, 1), "train_y": (_DIGITS_TRAIN_SIZE,),
                   "test_x": (DIGITS_TEST_SIZE, 8, 8, 1), "test_y": (DIGITS_TEST_SIZE,)}
 
 
