@@ -145,8 +145,10 @@ CLI_FLAGS = ["--k=2", "--batches=2", "--trace_samples=6", "--max_iterations=3", 
 
 def _command(workdir, devices):
   """Runs ``python -m lbjax.analysis.sharpness --workdir=workdir`` in a process that sees
-  ``devices`` simulated CPU devices; returns its stdout and its ``sharpness.json``."""
-  env = dict(os.environ, XLA_FLAGS=xla.flags(devices),
+  ``devices`` simulated CPU devices, its programs compiled with XLA's optimisations (its
+  Hessian-vector products run dozens of times, `tests/xla.py`); returns its stdout and its
+  ``sharpness.json``."""
+  env = dict(os.environ, **xla.OPTIMIZED, XLA_FLAGS=xla.flags(devices),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
                          *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
