@@ -1,2 +1,3 @@
-"""Sweeps (`experiments.run`), result tables and plots (`experiments.report`), the digits study,
-and seed 002's Table 1 from TPE studies (`experiments.hpo_report`)."""
+"""Sweeps (`experiments.run`), result tables and plots (`experiments.report`), the digits study.
+
+Seed 002's Table 1 from TPE studies is `lbjax.hpo.report` (``python -m lbjax.hpo report``)."""

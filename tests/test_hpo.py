@@ -28,10 +28,10 @@ import pytest
 from configs import seed002_adam
 from configs import seed002_kfac
 from configs import seed002_sgd
-from experiments import hpo_report
 from lbjax import dotted
 from lbjax import metrics as metrics_lib
 from lbjax.errors import ConfigError
+from lbjax.hpo import report as hpo_report
 from lbjax.hpo import space as space_lib
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker

@@ -11,7 +11,7 @@ process runs
         --storage=postgresql://user@dbhost/hpo --trials=100 [--workdir=runs/hpo]
 
 while ``python -m lbjax.hpo report --study=sgd_512,adam_512 --storage=URL [--out=DIR]`` writes the
-best trial per optimizer and batch size as a table shaped like Table 1 (`experiments.hpo_report`).
+best trial per optimizer and batch size as a table shaped like Table 1 (`lbjax.hpo.report`).
 
 One module per job:
 
@@ -21,6 +21,7 @@ One module per job:
   and the storage that reconnects after a database restart;
 * `lbjax.hpo.worker`: the objective (a trial is `lbjax.runners.run` of the suggested config) and
   the worker loop (``run_worker``);
+* `lbjax.hpo.report`: seed 002's Table 1 and Optuna's plots from the studies in a storage;
 * `lbjax.hpo.__main__`: the launcher's flags and output.
 
 This package imports none of them, so ``from lbjax.hpo import space`` stays free of Optuna.

@@ -19,10 +19,10 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from experiments import hpo_report
 from lbjax import distributed
 from lbjax.errors import ConfigError
 from lbjax.hpo import hosts
+from lbjax.hpo import report as hpo_report
 from lbjax.hpo import space
 from lbjax.hpo import storage as storage_lib
 from lbjax.hpo import worker
