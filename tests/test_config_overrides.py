@@ -161,8 +161,7 @@ def test_copies_keep_placeholders_typed_and_unshared():
 
 def test_seed003_command_with_data_dir_reaches_the_cifar10_loader(tmp_path):
   """The README's CIFAR-10 flag on a seed 003 config: parsed, then the one-line data error."""
-  env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-         "XLA_FLAGS": xla.flags(1)}
+  env = xla.process_env(1)
   workdir = tmp_path / "run"
   run = subprocess.run(
       [sys.executable, "-m", "lbjax.main", "--config=configs/seed003_table2.py:hybrid",

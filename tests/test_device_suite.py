@@ -42,9 +42,8 @@ def _table(stdout: str) -> list[dict[str, str]]:
 def test_smoke_run_prints_the_table_and_the_ratio():
   """What the smoke run prints, not how long it takes (its time is a figure in BENCHMARKS.md;
   a test's result must not depend on how busy the machine is)."""
-  env = dict(os.environ)
   # Two simulated devices: data parallel over 1 and 2 ("pmap" rows), SWAP replicas on both.
-  env["XLA_FLAGS"] = xla.flags(2)
+  env = xla.process_env(2)
   run = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--smoke"], check=False,
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
   assert run.returncode == 0, run.stderr[-3000:]

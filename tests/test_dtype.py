@@ -196,9 +196,7 @@ def test_validate_config():
 
 
 def _launch(*flags, devices=1, env_extra=None):
-  env = dict(os.environ, **(env_extra or {}))
-  env["XLA_FLAGS"] = xla.flags(devices)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(devices, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "lbjax.main", *flags, "--config.progress_bar=False"],
                         check=False,
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)

@@ -502,8 +502,7 @@ def postgres():
 def start_worker(study, storage, trials, workdir, log_path, grace_period=3, **overrides):
   """``python -m lbjax.hpo`` as a user runs it, on one CPU device, heartbeat every second;
   ``overrides`` change TINY."""
-  env = dict(os.environ, XLA_FLAGS=xla.flags(1),
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = xla.process_env(1)
   overrides = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          *overrides, "--config.hpo.heartbeat_interval=1",
@@ -580,7 +579,7 @@ def test_unreachable_or_refusing_database_is_one_line_with_the_password_masked(p
   """No server at the port: the worker exits 1 with one line and no traceback; the server
   refusing (no such database): the same line from the storage, for the worker and the report."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS=xla.flags(1))
+  env = xla.process_env(1)
   cmd = [sys.executable, "-m", "lbjax.hpo", "--config=configs/seed002_sgd.py:bs=128,data=digits",
          f"--storage=postgresql://hpo:s3cret@127.0.0.1:{port}/hpo", "--study=s", "--trials=1",
          f"--workdir={tmp_path}"]

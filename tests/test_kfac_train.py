@@ -64,9 +64,7 @@ def test_one_and_four_devices_give_the_same_result(model, fisher):
 
 
 def launch(*args, devices):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = xla.flags(devices)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(devices)
   run = subprocess.run([sys.executable, "-m", "lbjax.main", *args, "--config.progress_bar=False"],
                        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -130,9 +130,7 @@ def test_state_and_updates_are_float32():
 
 
 def test_launcher_quickstart_lamb_reaches_090(tmp_path):
-  env = dict(os.environ, **xla.OPTIMIZED)
-  env["XLA_FLAGS"] = xla.flags(1)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(1, **xla.OPTIMIZED)
   run_ = subprocess.run([sys.executable, "-m", "lbjax.main", "--config=configs/quickstart.py:lamb",
                          f"--workdir={tmp_path / 'run'}", "--config.progress_bar=False"],
                         check=False, cwd=ROOT, env=env, capture_output=True, text=True,

@@ -15,10 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def launch(*args, devices=4, env_extra=None, background=False):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = xla.flags(devices)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.update(env_extra or {})
+  env = xla.process_env(devices, **(env_extra or {}))
   cmd = [sys.executable, "-m", "lbjax.main", *args]
   if background:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,

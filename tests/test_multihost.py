@@ -43,9 +43,7 @@ def _launch_pair(args, workdir, inject=None, script=None):
   """Both processes of a run on localhost; ``inject`` maps a process index to the ``(errno,
   step)`` its ``script`` (`tests.test_ownership.INJECT`) fails orbax's write of that step with."""
   inject = inject or {}
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = xla.flags(2)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(2)
   port = _free_port()
   launch = lambda i: (["-c", script, *map(str, inject[i])] if i in inject
                       else ["-m", "lbjax.main"])
@@ -180,9 +178,7 @@ def test_sigterm_in_swap_phase2_stops_both_and_resumes(tmp_path, uninterrupted):
 def test_hpo_trial_pruned_on_two_processes_stops_both(tmp_path):
   """An HPO study on 2 processes: process 0 asks the study, both train the trial; the pruner
   (answered on process 0, broadcast) stops both at the trial's first evaluation."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = xla.flags(2)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(2)
   port, workdir = _free_port(), str(tmp_path / "hpo")
   args = ["--config=configs/seed002_sgd.py:bs=128,data=digits", "--study=s", "--trials=1",
           f"--workdir={workdir}", "--config.batch_size=32", "--config.image_size=16",

@@ -312,7 +312,7 @@ def test_loop_writes_the_moving_average_and_a_resumed_run_continues_it(tmp_path)
 
 def test_launcher_writes_the_noise_scale_to_metrics_and_tensorboard(tmp_path):
   workdir = tmp_path / "run"
-  env = {**os.environ, "XLA_FLAGS": xla.flags(4)}
+  env = xla.process_env(4)
   cmd = [sys.executable, "-m", "lbjax.main", "--config=configs/default.py", f"--workdir={workdir}",
          "--config.num_epochs=0.18", "--config.log_every_steps=1", "--config.progress_bar=False",
          "--config.log_noise_scale=True", "--config.noise_scale_decay=0.5"]

@@ -135,8 +135,7 @@ def test_sweep_overrides_switch_a_block_as_the_command_line_does(monkeypatch):
 
 
 def _subprocess(args, devices=4):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env["XLA_FLAGS"] = xla.flags(devices)
+  env = xla.process_env(devices)
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=HANG_SECONDS, check=False)
 

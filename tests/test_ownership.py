@@ -52,8 +52,7 @@ INJECT = textwrap.dedent("""
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS=xla.flags(2),
-              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return xla.process_env(2)
 
 
 def _launch_injected(workdir, code, step):

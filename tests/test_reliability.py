@@ -32,8 +32,7 @@ FAST = ["--config=configs/quickstart.py", "--config.image_size=16", "--config.ba
 
 
 def start(workdir, *extra):
-  env = dict(os.environ, XLA_FLAGS=xla.flags(2),
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = xla.process_env(2)
   return subprocess.Popen([sys.executable, "-m", "lbjax.main", *FAST, *extra,
                            f"--workdir={workdir}"], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -35,9 +35,7 @@ SWAP = ["--config=configs/swap_digits.py", "--config.num_epochs=2",
 
 
 def _launch(args, workdir, devices, background=False):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = xla.flags(devices)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = xla.process_env(devices)
   cmd = [sys.executable, "-m", "lbjax.main", *args, f"--workdir={workdir}"]
   if background:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -148,8 +148,7 @@ def _command(workdir, devices):
   ``devices`` simulated CPU devices, its programs compiled with XLA's optimisations (its
   Hessian-vector products run dozens of times, `tests/xla.py`); returns its stdout and its
   ``sharpness.json``."""
-  env = dict(os.environ, **xla.OPTIMIZED, XLA_FLAGS=xla.flags(devices),
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = xla.process_env(devices, **xla.OPTIMIZED)
   proc = subprocess.run([sys.executable, "-m", "lbjax.analysis.sharpness", f"--workdir={workdir}",
                          *CLI_FLAGS], check=False, cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=HANG_SECONDS)

@@ -21,6 +21,10 @@ programs kept between tests). The collective timeout is raised because a loaded 
 delay one simulated device past XLA's default, which aborts the process.
 """
 
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 FAST_CODEGEN = "--xla_cpu_use_fusion_emitters=false"
 COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=1200"
 # Environment variables every test process gets (set by tests/conftest.py, inherited).
@@ -33,3 +37,11 @@ OPTIMIZED = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
 def flags(devices: int) -> str:
   """``XLA_FLAGS`` for a process that sees ``devices`` simulated CPU devices."""
   return f"--xla_force_host_platform_device_count={devices} {COLLECTIVE_TIMEOUT} {FAST_CODEGEN}"
+
+
+def process_env(devices: int, **extra: str) -> dict[str, str]:
+  """The environment of a process a test starts: this process's (so `ENV`, set by
+  `tests/conftest.py`), ``extra`` (e.g. ``**OPTIMIZED``), ``XLA_FLAGS`` for ``devices`` simulated
+  CPU devices (`flags`) and the repository first on ``PYTHONPATH`` (``tests.*`` imports there)."""
+  return dict(os.environ, **extra, XLA_FLAGS=flags(devices),
+              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
